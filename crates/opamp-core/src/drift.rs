@@ -1,0 +1,37 @@
+//! The drift rules: when the server must set `ReportFullState` so the agent resends everything.
+//! They run against the freshest stored state, before the conditional write (see DESIGN.md).
+
+use opamp_proto::agent_caps as caps;
+use opamp_proto::v1::AgentToServer;
+
+use crate::record::{AgentRecord, AgentStatus};
+
+/// True when `msg` carries everything a full status report must: non-zero capabilities, the
+/// description and health, and the field of every "reports X" capability bit that is set.
+pub fn has_full_status(msg: &AgentToServer) -> bool {
+    let c = msg.capabilities;
+    let needs = |bit: u64, present: bool| c & bit == 0 || present;
+    c != 0
+        && msg.agent_description.is_some()
+        && msg.health.is_some()
+        && needs(caps::REPORTS_EFFECTIVE_CONFIG, msg.effective_config.is_some())
+        && needs(caps::REPORTS_REMOTE_CONFIG, msg.remote_config_status.is_some())
+        && needs(caps::REPORTS_PACKAGE_STATUSES, msg.package_statuses.is_some())
+        && needs(caps::REPORTS_AVAILABLE_COMPONENTS, msg.available_components.is_some())
+        && needs(
+            caps::REPORTS_CONNECTION_SETTINGS_STATUS,
+            msg.connection_settings_status.is_some(),
+        )
+}
+
+/// True when the reply to `msg` must carry `ReportFullState`, given the stored record.
+pub fn should_request_full_state(stored: Option<&AgentRecord>, msg: &AgentToServer) -> bool {
+    match stored {
+        None => !has_full_status(msg),
+        Some(s) if s.status == AgentStatus::Disconnected && msg.sequence_num == 0 => {
+            !has_full_status(msg)
+        }
+        // wrapping: a stored u64::MAX followed by 0 is in sequence, not a gap
+        Some(s) => msg.sequence_num != s.sequence_num.wrapping_add(1),
+    }
+}

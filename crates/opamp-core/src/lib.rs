@@ -1,0 +1,18 @@
+//! opampd's pure domain: the agent record, the drift rules that decide when to ask an agent for
+//! its full state, the merge of a message into the stored record, and building the reply.
+//!
+//! Architecture invariant: this crate does no I/O, reads no clock and draws no randomness: time
+//! and fresh identities are parameters. It depends on the wire types only (not on tokio, axum,
+//! elasticsearch, redb or moka), and nothing in it can fail or panic on agent input.
+
+mod drift;
+mod merge;
+mod record;
+mod response;
+
+pub use drift::{has_full_status, should_request_full_state};
+pub use merge::merge;
+pub use record::{AgentRecord, AgentStatus, Timestamp, DEFAULT_OFFLINE_AFTER_MS};
+pub use response::{
+    bad_request, process, unavailable, validate, Processed, ServerConfig, DEFAULT_SERVER_CAPABILITIES,
+};

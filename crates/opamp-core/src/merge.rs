@@ -1,0 +1,71 @@
+//! Merging one message into the stored record without losing what the agent left out.
+
+use opamp_proto::v1::{AgentToServer, ComponentHealth};
+use opamp_proto::InstanceUid;
+
+use crate::record::{AgentRecord, AgentStatus, Timestamp};
+
+/// The record after `msg`: present sub-messages replace the stored ones, absent ones keep them;
+/// `sequence_num` and `capabilities` are the received ones; `last_checkin` is `now`.
+pub fn merge(
+    stored: Option<AgentRecord>,
+    uid: InstanceUid,
+    msg: &AgentToServer,
+    now: Timestamp,
+) -> AgentRecord {
+    let mut r = stored.unwrap_or_else(|| AgentRecord {
+        instance_uid: uid,
+        sequence_num: 0,
+        capabilities: 0,
+        status: AgentStatus::Online,
+        enrolled_at: now,
+        last_checkin: now,
+        agent_description: None,
+        health: None,
+        effective_config: None,
+        remote_config_status: None,
+        package_statuses: None,
+        custom_capabilities: None,
+        available_components: None,
+        connection_settings_status: None,
+    });
+    let replace = |slot: &mut Option<_>, new: &Option<_>| {
+        if new.is_some() {
+            slot.clone_from(new);
+        }
+    };
+    replace(&mut r.agent_description, &msg.agent_description);
+    replace(&mut r.health, &msg.health);
+    replace(&mut r.effective_config, &msg.effective_config);
+    replace(&mut r.remote_config_status, &msg.remote_config_status);
+    replace(&mut r.package_statuses, &msg.package_statuses);
+    replace(&mut r.custom_capabilities, &msg.custom_capabilities);
+    replace(&mut r.available_components, &msg.available_components);
+    replace(&mut r.connection_settings_status, &msg.connection_settings_status);
+
+    r.status = if msg.agent_disconnect.is_some() {
+        AgentStatus::Disconnected
+    } else if let Some(h) = &msg.health {
+        status_from_health(h)
+    } else if r.status == AgentStatus::Disconnected {
+        // back after a goodbye without new health: the last known health decides
+        r.health.as_ref().map_or(AgentStatus::Online, status_from_health)
+    } else {
+        r.status
+    };
+    r.instance_uid = uid;
+    r.sequence_num = msg.sequence_num;
+    r.capabilities = msg.capabilities;
+    r.last_checkin = now;
+    r
+}
+
+fn status_from_health(h: &ComponentHealth) -> AgentStatus {
+    if !h.healthy {
+        AgentStatus::Error
+    } else if h.status == "StatusRecoverableError" {
+        AgentStatus::Degraded
+    } else {
+        AgentStatus::Online
+    }
+}

@@ -1,0 +1,81 @@
+//! The server's picture of one agent, as stored and cached.
+
+use opamp_proto::v1;
+use opamp_proto::InstanceUid;
+
+/// Milliseconds since the Unix epoch. The caller reads the clock; the core only compares.
+pub type Timestamp = u64;
+
+/// An agent whose last check-in is older than this reads as offline: 12 missed 30 s heartbeats,
+/// the same threshold Kibana Fleet uses.
+pub const DEFAULT_OFFLINE_AFTER_MS: u64 = 6 * 60 * 1000;
+
+/// Status as stored. `Offline` is never stored: it is derived at read time from `last_checkin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentStatus {
+    Online,
+    Degraded,
+    Error,
+    Disconnected,
+    Offline,
+}
+
+impl AgentStatus {
+    /// The fleet-server `last_checkin_status` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Degraded => "degraded",
+            Self::Error => "error",
+            Self::Disconnected => "disconnected",
+            Self::Offline => "offline",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "online" => Self::Online,
+            "degraded" => Self::Degraded,
+            "error" => Self::Error,
+            "disconnected" => Self::Disconnected,
+            "offline" => Self::Offline,
+            _ => return None,
+        })
+    }
+}
+
+/// Everything the server keeps about one agent. Sub-messages are `None` until the agent first
+/// reports them; a message that omits one keeps the stored value (agents compress).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub instance_uid: InstanceUid,
+    /// The last received `sequence_num`; never reset, also not by a disconnect.
+    pub sequence_num: u64,
+    /// `AgentCapabilities` bits of the last message.
+    pub capabilities: u64,
+    pub status: AgentStatus,
+    pub enrolled_at: Timestamp,
+    pub last_checkin: Timestamp,
+    pub agent_description: Option<v1::AgentDescription>,
+    pub health: Option<v1::ComponentHealth>,
+    pub effective_config: Option<v1::EffectiveConfig>,
+    pub remote_config_status: Option<v1::RemoteConfigStatus>,
+    pub package_statuses: Option<v1::PackageStatuses>,
+    pub custom_capabilities: Option<v1::CustomCapabilities>,
+    pub available_components: Option<v1::AvailableComponents>,
+    pub connection_settings_status: Option<v1::ConnectionSettingsStatus>,
+}
+
+impl AgentRecord {
+    /// The status a reader should see at `now`: `offline` once the agent has been silent longer
+    /// than `offline_after_ms` (unless it said goodbye, which stays `disconnected`).
+    pub fn status_at(&self, now: Timestamp, offline_after_ms: u64) -> AgentStatus {
+        if self.status != AgentStatus::Disconnected
+            && now.saturating_sub(self.last_checkin) > offline_after_ms
+        {
+            AgentStatus::Offline
+        } else {
+            self.status
+        }
+    }
+}

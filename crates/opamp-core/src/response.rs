@@ -1,0 +1,109 @@
+//! Turning one message and the stored record into the new record and the reply.
+
+use opamp_proto::v1::{
+    server_error_response, AgentIdentification, AgentToServer, RetryInfo, ServerErrorResponse,
+    ServerErrorResponseType, ServerToAgent,
+};
+use opamp_proto::{agent_flags, server_caps, server_flags, Bytes, InstanceUid};
+
+use crate::drift::should_request_full_state;
+use crate::merge::merge;
+use crate::record::{AgentRecord, Timestamp};
+
+/// What opampd accepts today. Offers (remote config, packages, connection settings) are only
+/// advertised once the server can make them.
+pub const DEFAULT_SERVER_CAPABILITIES: u64 =
+    server_caps::ACCEPTS_STATUS | server_caps::ACCEPTS_EFFECTIVE_CONFIG;
+
+/// Server-side settings the reply depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub capabilities: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { capabilities: DEFAULT_SERVER_CAPABILITIES }
+    }
+}
+
+/// The outcome of one message: the record to write and the reply to send once it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Processed {
+    pub record: AgentRecord,
+    pub response: ServerToAgent,
+    pub report_full_state: bool,
+}
+
+/// Checks what the core needs of a decoded message: a 16-byte `instance_uid`.
+pub fn validate(msg: &AgentToServer) -> Result<InstanceUid, String> {
+    InstanceUid::try_from(&msg.instance_uid[..]).map_err(|e| e.to_string())
+}
+
+/// Decides the flags against `stored`, merges `msg` into it and builds the reply.
+///
+/// `new_uid` is used only when the agent sets `RequestInstanceUid`; the caller draws it so the
+/// core stays deterministic.
+pub fn process(
+    stored: Option<AgentRecord>,
+    uid: InstanceUid,
+    msg: &AgentToServer,
+    now: Timestamp,
+    new_uid: impl FnOnce() -> InstanceUid,
+    config: &ServerConfig,
+) -> Processed {
+    let report_full_state = should_request_full_state(stored.as_ref(), msg);
+    let record = merge(stored, uid, msg, now);
+    let mut response = ServerToAgent {
+        instance_uid: msg.instance_uid.clone(),
+        capabilities: config.capabilities,
+        ..Default::default()
+    };
+    if report_full_state {
+        response.flags |= server_flags::REPORT_FULL_STATE;
+    }
+    if msg.flags & agent_flags::REQUEST_INSTANCE_UID != 0 {
+        response.agent_identification = Some(AgentIdentification {
+            new_instance_uid: new_uid().as_bytes().to_vec().into(),
+        });
+    }
+    Processed { record, response, report_full_state }
+}
+
+/// A BadRequest reply: the agent must not retry. Nothing but `instance_uid` accompanies it.
+pub fn bad_request(instance_uid: Bytes, message: impl Into<String>) -> ServerToAgent {
+    error(instance_uid, ServerErrorResponseType::BadRequest, message.into(), None)
+}
+
+/// An Unavailable reply with the time after which the agent may retry.
+pub fn unavailable(
+    instance_uid: Bytes,
+    message: impl Into<String>,
+    retry_after_nanos: u64,
+) -> ServerToAgent {
+    error(
+        instance_uid,
+        ServerErrorResponseType::Unavailable,
+        message.into(),
+        Some(retry_after_nanos),
+    )
+}
+
+fn error(
+    instance_uid: Bytes,
+    kind: ServerErrorResponseType,
+    error_message: String,
+    retry_after_nanos: Option<u64>,
+) -> ServerToAgent {
+    ServerToAgent {
+        instance_uid,
+        error_response: Some(ServerErrorResponse {
+            r#type: kind as i32,
+            error_message,
+            details: retry_after_nanos.map(|n| {
+                server_error_response::Details::RetryInfo(RetryInfo { retry_after_nanoseconds: n })
+            }),
+        }),
+        ..Default::default()
+    }
+}

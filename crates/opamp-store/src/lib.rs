@@ -1,0 +1,92 @@
+//! Agent storage behind one compare-and-swap trait, so every backend gives the server the same
+//! guarantee: a write applies only to the version it was decided against.
+//!
+//! Backends: [`embedded`] (redb on local disk, single instance) and [`elasticsearch`] (shared by
+//! many instances). [`cache`] is a layer implementing the same trait. [`conformance`] is the one
+//! test suite every backend runs.
+//!
+//! Architecture invariant: this is the only crate that knows Elasticsearch, redb or moka, and it
+//! knows nothing of HTTP or OpAMP transports.
+
+use async_trait::async_trait;
+use opamp_core::AgentRecord;
+use opamp_proto::InstanceUid;
+
+pub mod cache;
+pub mod elasticsearch;
+pub mod embedded;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+/// The version a record was read at. Opaque to callers: they hand it back to [`AgentStore::put`].
+/// For Elasticsearch it is (`_seq_no`, `_primary_term`); the embedded store uses a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Version {
+    pub seq_no: u64,
+    pub primary_term: u64,
+}
+
+/// A record together with the version it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    pub record: AgentRecord,
+    pub version: Version,
+}
+
+/// The condition a write is made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Enrollment: fails with [`StoreError::Conflict`] if the agent already exists.
+    Absent,
+    /// Update: fails with [`StoreError::Conflict`] unless the stored version is still this one.
+    Version(Version),
+}
+
+/// Store failures, classified once so the server can map them to a reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The precondition did not hold: another writer got there first. Re-read and decide again.
+    #[error("version conflict")]
+    Conflict,
+    /// The write queue is full; shed load rather than grow.
+    #[error("store overloaded")]
+    Overloaded,
+    /// The backend cannot be reached or did not answer in time. Retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The stored document cannot be read back (wrong schema, corrupt bytes).
+    #[error("stored record unreadable: {0}")]
+    Corrupt(String),
+    /// Anything else the backend reported.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// True for failures that go away by themselves (answer the agent "retry later").
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Overloaded | Self::Unavailable(_))
+    }
+}
+
+/// Agent records keyed by instance uid, with compare-and-swap writes.
+///
+/// Implementations may batch concurrent calls (group commit, `_mget`) but each call's result is
+/// its own: a returned `Ok` means the write is durable as far as the backend promises.
+#[async_trait]
+pub trait AgentStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The freshest stored record (a realtime read by id), or `None` for an unknown agent.
+    async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError>;
+
+    /// Writes `record` if `precondition` holds; returns the new version.
+    async fn put(&self, record: &AgentRecord, precondition: Precondition) -> Result<Version, StoreError>;
+
+    /// Ok when the backend can serve reads and writes now (for `/readyz`).
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Completes every accepted write (for graceful shutdown).
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Up to `limit` records with uid greater than `after`, in uid order (admin listing, tests).
+    async fn list(&self, after: Option<InstanceUid>, limit: usize) -> Result<Vec<AgentRecord>, StoreError>;
+}

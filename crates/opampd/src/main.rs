@@ -1,0 +1,2 @@
+//! placeholder: the server helper writes this
+fn main() {}
