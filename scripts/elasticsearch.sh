@@ -90,6 +90,8 @@ cluster.routing.allocation.disk.threshold_enabled: false
 path.data: $RUN_DIR/data
 path.logs: $RUN_DIR/logs
 YML
+  # the stock gc log path is relative to the install tree, which the unprivileged user cannot write
+  sed -i "s|file=logs/gc.log|file=$RUN_DIR/logs/gc.log|" "$RUN_DIR/config/jvm.options"
   mkdir -p "$RUN_DIR/config/jvm.options.d"
   printf -- '-Xms%s\n-Xmx%s\n' "$HEAP" "$HEAP" > "$RUN_DIR/config/jvm.options.d/heap.options"
   chown -R "$ES_USER" "$RUN_DIR"
@@ -97,8 +99,9 @@ YML
   chmod -R o+rX "$HOME_DIR"
   chmod o+x "$CACHE" "$(dirname "$CACHE")" "$HOME" 2>/dev/null || true
   log "starting on $URL"
+  cd "$RUN_DIR"
   runuser -u "$ES_USER" -- env ES_PATH_CONF="$RUN_DIR/config" ES_JAVA_OPTS="" \
-    "$HOME_DIR/bin/elasticsearch" -d -p "$RUN_DIR/es.pid"
+    "$HOME_DIR/bin/elasticsearch" -d -p "$RUN_DIR/es.pid" > "$RUN_DIR/logs/launcher.out" 2>&1
   for _ in $(seq 1 120); do
     if healthy; then
       log "ready"

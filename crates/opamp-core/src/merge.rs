@@ -29,11 +29,6 @@ pub fn merge(
         available_components: None,
         connection_settings_status: None,
     });
-    let replace = |slot: &mut Option<_>, new: &Option<_>| {
-        if new.is_some() {
-            slot.clone_from(new);
-        }
-    };
     replace(&mut r.agent_description, &msg.agent_description);
     replace(&mut r.health, &msg.health);
     replace(&mut r.effective_config, &msg.effective_config);
@@ -67,5 +62,11 @@ fn status_from_health(h: &ComponentHealth) -> AgentStatus {
         AgentStatus::Degraded
     } else {
         AgentStatus::Online
+    }
+}
+
+fn replace<T: Clone>(slot: &mut Option<T>, new: &Option<T>) {
+    if new.is_some() {
+        slot.clone_from(new);
     }
 }
