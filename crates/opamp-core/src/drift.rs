@@ -18,10 +18,7 @@ pub fn has_full_status(msg: &AgentToServer) -> bool {
         && needs(caps::REPORTS_REMOTE_CONFIG, msg.remote_config_status.is_some())
         && needs(caps::REPORTS_PACKAGE_STATUSES, msg.package_statuses.is_some())
         && needs(caps::REPORTS_AVAILABLE_COMPONENTS, msg.available_components.is_some())
-        && needs(
-            caps::REPORTS_CONNECTION_SETTINGS_STATUS,
-            msg.connection_settings_status.is_some(),
-        )
+        && needs(caps::REPORTS_CONNECTION_SETTINGS_STATUS, msg.connection_settings_status.is_some())
 }
 
 /// True when the reply to `msg` must carry `ReportFullState`, given the stored record.

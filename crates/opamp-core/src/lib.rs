@@ -12,7 +12,8 @@ mod response;
 
 pub use drift::{has_full_status, should_request_full_state};
 pub use merge::merge;
-pub use record::{AgentRecord, AgentStatus, Timestamp, DEFAULT_OFFLINE_AFTER_MS};
+pub use record::{AgentRecord, AgentStatus, DEFAULT_OFFLINE_AFTER_MS, Timestamp};
 pub use response::{
-    bad_request, process, unavailable, validate, Processed, ServerConfig, DEFAULT_SERVER_CAPABILITIES,
+    DEFAULT_SERVER_CAPABILITIES, Processed, ServerConfig, bad_request, process, unavailable,
+    validate,
 };

@@ -1,7 +1,7 @@
 //! Merging one message into the stored record without losing what the agent left out.
 
-use opamp_proto::v1::{AgentToServer, ComponentHealth};
 use opamp_proto::InstanceUid;
+use opamp_proto::v1::{AgentToServer, ComponentHealth};
 
 use crate::record::{AgentRecord, AgentStatus, Timestamp};
 
@@ -42,8 +42,10 @@ pub fn merge(
         AgentStatus::Disconnected
     } else if let Some(h) = &msg.health {
         status_from_health(h)
-    } else if r.status == AgentStatus::Disconnected {
-        // back after a goodbye without new health: the last known health decides
+    } else if matches!(r.status, AgentStatus::Disconnected | AgentStatus::Offline) {
+        // Back after a goodbye without new health: the last known health decides. `Offline` is
+        // never meant to be stored, but `AgentStatus::parse` accepts it, so a record that came
+        // back from a store that way must not read offline while the agent is checking in.
         r.health.as_ref().map_or(AgentStatus::Online, status_from_health)
     } else {
         r.status

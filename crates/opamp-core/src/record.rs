@@ -1,7 +1,7 @@
 //! The server's picture of one agent, as stored and cached.
 
-use opamp_proto::v1;
 use opamp_proto::InstanceUid;
+use opamp_proto::v1;
 
 /// Milliseconds since the Unix epoch. The caller reads the clock; the core only compares.
 pub type Timestamp = u64;

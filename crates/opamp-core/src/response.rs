@@ -1,10 +1,10 @@
 //! Turning one message and the stored record into the new record and the reply.
 
 use opamp_proto::v1::{
-    server_error_response, AgentIdentification, AgentToServer, RetryInfo, ServerErrorResponse,
-    ServerErrorResponseType, ServerToAgent,
+    AgentIdentification, AgentToServer, RetryInfo, ServerErrorResponse, ServerErrorResponseType,
+    ServerToAgent, server_error_response,
 };
-use opamp_proto::{agent_flags, server_caps, server_flags, Bytes, InstanceUid};
+use opamp_proto::{Bytes, InstanceUid, agent_flags, server_caps, server_flags};
 
 use crate::drift::should_request_full_state;
 use crate::merge::merge;
@@ -56,16 +56,17 @@ pub fn process(
     let record = merge(stored, uid, msg, now);
     let mut response = ServerToAgent {
         instance_uid: msg.instance_uid.clone(),
-        capabilities: config.capabilities,
+        // AcceptsStatus is mandatory on every reply of a stateless server, so a config that
+        // forgot it cannot produce a non-conforming reply.
+        capabilities: config.capabilities | server_caps::ACCEPTS_STATUS,
         ..Default::default()
     };
     if report_full_state {
         response.flags |= server_flags::REPORT_FULL_STATE;
     }
     if msg.flags & agent_flags::REQUEST_INSTANCE_UID != 0 {
-        response.agent_identification = Some(AgentIdentification {
-            new_instance_uid: new_uid().as_bytes().to_vec().into(),
-        });
+        response.agent_identification =
+            Some(AgentIdentification { new_instance_uid: new_uid().as_bytes().to_vec().into() });
     }
     Processed { record, response, report_full_state }
 }

@@ -1,0 +1,8 @@
+//! Behaviour tests of opamp-core through its public API: the drift rules, the merge, the reply
+//! and garbage input. One test binary (modules below) so the shared 2-core box links once.
+
+mod drift;
+mod garbage;
+mod merge;
+mod process;
+mod support;
