@@ -36,9 +36,7 @@ impl TryFrom<&[u8]> for InstanceUid {
     type Error = InvalidInstanceUid;
 
     fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
-        <[u8; 16]>::try_from(bytes)
-            .map(Self)
-            .map_err(|_| InvalidInstanceUid::Length(bytes.len()))
+        <[u8; 16]>::try_from(bytes).map(Self).map_err(|_| InvalidInstanceUid::Length(bytes.len()))
     }
 }
 
