@@ -1,1 +1,474 @@
-//! placeholder: conformance (being written)
+//! The one behaviour suite every [`AgentStore`] backend (and layer) must pass, so the server can
+//! rely on the same compare-and-swap guarantee whatever it runs on.
+//!
+//! Every case creates fresh uids (UUIDv7), never lists from the start and never deletes, so the
+//! suite can run concurrently against one shared Elasticsearch index. Cases panic (assert) on a
+//! violation: this module is test support, compiled only for tests and the `conformance` feature.
+//!
+//! Use either [`run_all`] on one store, or [`conformance_tests!`](crate::conformance_tests) to get
+//! one `#[tokio::test]` per case.
+
+use futures::future::join_all;
+use opamp_core::{AgentRecord, AgentStatus};
+use opamp_proto::InstanceUid;
+use opamp_proto::v1;
+
+use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
+
+/// Concurrent writers in the lost-update case.
+const CONCURRENT_WRITERS: u64 = 8;
+/// Increments each writer makes in the lost-update case.
+const INCREMENTS_PER_WRITER: u64 = 10;
+/// A CAS loop that needs more attempts than this is livelocked, not unlucky.
+const MAX_CAS_ATTEMPTS: usize = 10_000;
+
+/// Runs every case against `store`, one after the other.
+pub async fn run_all<S: AgentStore>(store: &S) {
+    get_of_unknown_uid_is_none(store).await;
+    create_then_get_returns_record_and_version(store).await;
+    create_twice_conflicts(store).await;
+    put_with_read_version_returns_new_version(store).await;
+    put_with_stale_version_conflicts_and_keeps_record(store).await;
+    put_with_version_on_missing_record_conflicts(store).await;
+    full_record_round_trips_exactly(store).await;
+    concurrent_cas_increments_lose_no_update(store).await;
+    concurrent_creates_of_one_uid_have_one_winner(store).await;
+    many_agents_written_concurrently_are_all_readable(store).await;
+    list_paginates_in_uid_order(store).await;
+    flush_then_get_sees_writes(store).await;
+    ready_is_ok(store).await;
+}
+
+/// Generates one `#[tokio::test]` per conformance case. `$make` is an async fn (or closure
+/// returning a future) that builds a store for one test; the caller's crate needs `tokio` with
+/// the `macros` and `rt-multi-thread` features.
+///
+/// ```ignore
+/// async fn store() -> EmbeddedStore { /* ... */ }
+/// opamp_store::conformance_tests!(store);
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            get_of_unknown_uid_is_none,
+            create_then_get_returns_record_and_version,
+            create_twice_conflicts,
+            put_with_read_version_returns_new_version,
+            put_with_stale_version_conflicts_and_keeps_record,
+            put_with_version_on_missing_record_conflicts,
+            full_record_round_trips_exactly,
+            concurrent_cas_increments_lose_no_update,
+            concurrent_creates_of_one_uid_have_one_winner,
+            many_agents_written_concurrently_are_all_readable,
+            list_paginates_in_uid_order,
+            flush_then_get_sees_writes,
+            ready_is_ok,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = ($make)().await;
+                $crate::conformance::$case(&store).await;
+            }
+        )*
+    };
+}
+
+/// A record with only the fields every agent has.
+pub fn minimal_record(uid: InstanceUid) -> AgentRecord {
+    AgentRecord {
+        instance_uid: uid,
+        sequence_num: 0,
+        capabilities: opamp_proto::agent_caps::REPORTS_STATUS,
+        status: AgentStatus::Online,
+        enrolled_at: 1_700_000_000_000,
+        last_checkin: 1_700_000_000_000,
+        agent_description: None,
+        health: None,
+        effective_config: None,
+        remote_config_status: None,
+        package_statuses: None,
+        custom_capabilities: None,
+        available_components: None,
+        connection_settings_status: None,
+    }
+}
+
+fn kv(key: &str, value: v1::any_value::Value) -> v1::KeyValue {
+    v1::KeyValue { key: key.to_owned(), value: Some(v1::AnyValue { value: Some(value) }) }
+}
+
+fn text(s: &str) -> v1::any_value::Value {
+    v1::any_value::Value::StringValue(s.to_owned())
+}
+
+/// A record with every sub-message populated, nested maps and every `AnyValue` kind, so a
+/// backend that drops or reshapes any field fails the round trip.
+pub fn full_record(uid: InstanceUid) -> AgentRecord {
+    use v1::any_value::Value;
+
+    let health_child = v1::ComponentHealth {
+        healthy: false,
+        start_time_unix_nano: 11,
+        last_error: "exporter queue full".to_owned(),
+        status: "StatusRecoverableError".to_owned(),
+        status_time_unix_nano: 12,
+        component_health_map: Default::default(),
+        attributes: vec![kv("pipeline", text("traces"))],
+    };
+    let component = v1::ComponentDetails {
+        metadata: vec![kv("code.namespace", text("otlpreceiver"))],
+        sub_component_map: [(
+            "grpc".to_owned(),
+            v1::ComponentDetails {
+                metadata: vec![kv("port", Value::IntValue(4317))],
+                ..Default::default()
+            },
+        )]
+        .into(),
+    };
+    AgentRecord {
+        instance_uid: uid,
+        sequence_num: 42,
+        capabilities: opamp_proto::agent_caps::NAMED.iter().fold(0, |acc, (bit, _)| acc | bit),
+        status: AgentStatus::Degraded,
+        enrolled_at: 1_700_000_000_123,
+        last_checkin: 1_700_000_060_456,
+        agent_description: Some(v1::AgentDescription {
+            identifying_attributes: vec![
+                kv("service.name", text("otelcol-contrib")),
+                kv("service.version", text("0.120.0")),
+                kv("service.instance.id", text(&uid.to_string())),
+            ],
+            non_identifying_attributes: vec![
+                kv("os.type", text("linux")),
+                kv("host.name", text("host-ü-1")),
+                kv("flag", Value::BoolValue(true)),
+                kv("negative", Value::IntValue(-7)),
+                kv("ratio", Value::DoubleValue(0.25)),
+                kv("raw", Value::BytesValue(vec![0u8, 255, 1, 254].into())),
+                kv(
+                    "list",
+                    Value::ArrayValue(v1::ArrayValue {
+                        values: vec![
+                            v1::AnyValue { value: Some(text("a")) },
+                            v1::AnyValue { value: None },
+                        ],
+                    }),
+                ),
+                kv(
+                    "nested",
+                    Value::KvlistValue(v1::KeyValueList {
+                        values: vec![kv("inner", Value::IntValue(1))],
+                    }),
+                ),
+            ],
+        }),
+        health: Some(v1::ComponentHealth {
+            healthy: true,
+            start_time_unix_nano: 1_700_000_000_000_000_001,
+            last_error: String::new(),
+            status: "StatusOK".to_owned(),
+            status_time_unix_nano: 1_700_000_060_000_000_002,
+            component_health_map: [("pipeline:traces".to_owned(), health_child)].into(),
+            attributes: vec![kv("k", text("v"))],
+        }),
+        effective_config: Some(v1::EffectiveConfig {
+            config_map: Some(v1::AgentConfigMap {
+                config_map: [
+                    (
+                        String::new(),
+                        v1::AgentConfigFile {
+                            body: "receivers:\n  otlp: {}\n".into(),
+                            content_type: "text/yaml".to_owned(),
+                            role: String::new(),
+                        },
+                    ),
+                    (
+                        "extra".to_owned(),
+                        v1::AgentConfigFile {
+                            body: vec![0u8, 159, 146, 150].into(),
+                            content_type: "application/octet-stream".to_owned(),
+                            role: "secondary".to_owned(),
+                        },
+                    ),
+                ]
+                .into(),
+            }),
+        }),
+        remote_config_status: Some(v1::RemoteConfigStatus {
+            last_remote_config_hash: vec![1u8, 2, 3].into(),
+            status: v1::RemoteConfigStatuses::Failed as i32,
+            error_message: "bad yaml".to_owned(),
+        }),
+        package_statuses: Some(v1::PackageStatuses {
+            packages: [(
+                "filebeat".to_owned(),
+                v1::PackageStatus {
+                    name: "filebeat".to_owned(),
+                    agent_has_version: "8.17.0".to_owned(),
+                    agent_has_hash: vec![9u8; 32].into(),
+                    server_offered_version: "8.18.0".to_owned(),
+                    server_offered_hash: vec![8u8; 32].into(),
+                    status: v1::PackageStatusEnum::Downloading as i32,
+                    error_message: String::new(),
+                    download_details: Some(v1::PackageDownloadDetails {
+                        download_percent: 37.5,
+                        download_bytes_per_second: 1_048_576.0,
+                    }),
+                },
+            )]
+            .into(),
+            server_provided_all_packages_hash: vec![7u8; 16].into(),
+            error_message: "partial".to_owned(),
+        }),
+        custom_capabilities: Some(v1::CustomCapabilities {
+            capabilities: vec!["io.opentelemetry.pprof".to_owned(), "com.example.x".to_owned()],
+        }),
+        available_components: Some(v1::AvailableComponents {
+            components: [("receivers".to_owned(), component)].into(),
+            hash: vec![5u8; 8].into(),
+        }),
+        connection_settings_status: Some(v1::ConnectionSettingsStatus {
+            last_connection_settings_hash: vec![4u8; 4].into(),
+            status: v1::ConnectionSettingsStatuses::Applied as i32,
+            error_message: String::new(),
+        }),
+    }
+}
+
+async fn get_existing<S: AgentStore>(store: &S, uid: InstanceUid) -> Versioned {
+    match store.get(uid).await {
+        Ok(Some(v)) => v,
+        other => panic!("expected agent {uid} to exist, got {other:?}"),
+    }
+}
+
+async fn create<S: AgentStore>(store: &S, record: &AgentRecord) -> Version {
+    store
+        .put(record, Precondition::Absent)
+        .await
+        .unwrap_or_else(|e| panic!("create of {} failed: {e}", record.instance_uid))
+}
+
+/// Read, modify, compare-and-swap, retry on conflict: the loop the server runs per message.
+async fn cas_update<S: AgentStore>(
+    store: &S,
+    uid: InstanceUid,
+    modify: impl Fn(&mut AgentRecord),
+) -> Version {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let Versioned { mut record, version } = get_existing(store, uid).await;
+        modify(&mut record);
+        match store.put(&record, Precondition::Version(version)).await {
+            Ok(v) => return v,
+            Err(StoreError::Conflict) => continue,
+            // Backpressure is a legitimate answer under a burst; yield and try again.
+            Err(e) if e.is_transient() => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                continue;
+            }
+            Err(e) => panic!("cas update of {uid} failed: {e}"),
+        }
+    }
+    panic!("cas update of {uid} did not succeed in {MAX_CAS_ATTEMPTS} attempts");
+}
+
+/// The uid just below `uid` in byte order, so a listing can start right before it.
+fn predecessor(uid: InstanceUid) -> Option<InstanceUid> {
+    let n = u128::from_be_bytes(*uid.as_bytes());
+    n.checked_sub(1).map(|p| InstanceUid::from_bytes(p.to_be_bytes()))
+}
+
+pub async fn get_of_unknown_uid_is_none<S: AgentStore>(store: &S) {
+    let got = store.get(InstanceUid::new_v7()).await;
+    assert_eq!(got, Ok(None));
+}
+
+pub async fn create_then_get_returns_record_and_version<S: AgentStore>(store: &S) {
+    let record = minimal_record(InstanceUid::new_v7());
+    let version = create(store, &record).await;
+    let got = get_existing(store, record.instance_uid).await;
+    assert_eq!(got, Versioned { record, version });
+}
+
+pub async fn create_twice_conflicts<S: AgentStore>(store: &S) {
+    let record = minimal_record(InstanceUid::new_v7());
+    let version = create(store, &record).await;
+    let mut second = record.clone();
+    second.sequence_num = 99;
+    assert_eq!(store.put(&second, Precondition::Absent).await, Err(StoreError::Conflict));
+    let got = get_existing(store, record.instance_uid).await;
+    assert_eq!(got, Versioned { record, version }, "a failed create must not overwrite");
+}
+
+pub async fn put_with_read_version_returns_new_version<S: AgentStore>(store: &S) {
+    let mut record = minimal_record(InstanceUid::new_v7());
+    let created = create(store, &record).await;
+    let read = get_existing(store, record.instance_uid).await;
+    assert_eq!(read.version, created);
+
+    record.sequence_num = 1;
+    let updated = store.put(&record, Precondition::Version(read.version)).await.expect("cas put");
+    assert_ne!(updated, created, "a write must produce a new version");
+    assert_eq!(
+        get_existing(store, record.instance_uid).await,
+        Versioned { record: record.clone(), version: updated }
+    );
+
+    record.sequence_num = 2;
+    let again = store.put(&record, Precondition::Version(updated)).await.expect("second cas put");
+    assert_ne!(again, updated);
+    assert_ne!(again, created);
+}
+
+pub async fn put_with_stale_version_conflicts_and_keeps_record<S: AgentStore>(store: &S) {
+    let mut record = minimal_record(InstanceUid::new_v7());
+    let stale = create(store, &record).await;
+    record.sequence_num = 1;
+    let fresh = store.put(&record, Precondition::Version(stale)).await.expect("cas put");
+
+    let mut loser = record.clone();
+    loser.sequence_num = 1000;
+    loser.status = AgentStatus::Error;
+    assert_eq!(store.put(&loser, Precondition::Version(stale)).await, Err(StoreError::Conflict));
+    assert_eq!(
+        get_existing(store, record.instance_uid).await,
+        Versioned { record, version: fresh },
+        "a conflicting write must leave the stored record unchanged"
+    );
+}
+
+pub async fn put_with_version_on_missing_record_conflicts<S: AgentStore>(store: &S) {
+    let record = minimal_record(InstanceUid::new_v7());
+    let made_up = Version { seq_no: 0, primary_term: 1 };
+    assert_eq!(store.put(&record, Precondition::Version(made_up)).await, Err(StoreError::Conflict));
+    assert_eq!(store.get(record.instance_uid).await, Ok(None), "a failed update must not create");
+}
+
+pub async fn full_record_round_trips_exactly<S: AgentStore>(store: &S) {
+    let record = full_record(InstanceUid::new_v7());
+    let version = create(store, &record).await;
+    assert_eq!(
+        get_existing(store, record.instance_uid).await,
+        Versioned { record: record.clone(), version }
+    );
+
+    // Also through an update, and back to absent sub-messages (a backend must not keep stale ones).
+    let mut sparse = minimal_record(record.instance_uid);
+    sparse.sequence_num = 43;
+    let v2 = store.put(&sparse, Precondition::Version(version)).await.expect("cas put");
+    assert_eq!(
+        get_existing(store, record.instance_uid).await,
+        Versioned { record: sparse, version: v2 }
+    );
+}
+
+pub async fn concurrent_cas_increments_lose_no_update<S: AgentStore>(store: &S) {
+    let uid = InstanceUid::new_v7();
+    create(store, &minimal_record(uid)).await;
+    let writers = (0..CONCURRENT_WRITERS).map(|_| async {
+        for _ in 0..INCREMENTS_PER_WRITER {
+            cas_update(store, uid, |r| r.sequence_num += 1).await;
+        }
+    });
+    join_all(writers).await;
+    let got = get_existing(store, uid).await;
+    assert_eq!(got.record.sequence_num, CONCURRENT_WRITERS * INCREMENTS_PER_WRITER, "lost update");
+}
+
+pub async fn concurrent_creates_of_one_uid_have_one_winner<S: AgentStore>(store: &S) {
+    let uid = InstanceUid::new_v7();
+    let candidates: Vec<AgentRecord> = (0..8u64)
+        .map(|i| {
+            let mut r = minimal_record(uid);
+            r.sequence_num = i;
+            r
+        })
+        .collect();
+    let results = join_all(candidates.iter().map(|r| store.put(r, Precondition::Absent))).await;
+
+    let winners: Vec<(usize, Version)> =
+        results.iter().enumerate().filter_map(|(i, r)| r.as_ref().ok().map(|v| (i, *v))).collect();
+    assert_eq!(winners.len(), 1, "exactly one create must win: {results:?}");
+    for r in &results {
+        assert!(
+            matches!(r, Ok(_) | Err(StoreError::Conflict)),
+            "losers must see a conflict: {r:?}"
+        );
+    }
+    let (winner, version) = winners[0];
+    assert_eq!(
+        get_existing(store, uid).await,
+        Versioned { record: candidates[winner].clone(), version }
+    );
+}
+
+pub async fn many_agents_written_concurrently_are_all_readable<S: AgentStore>(store: &S) {
+    let records: Vec<AgentRecord> = (0..64u64)
+        .map(|i| {
+            let mut r = minimal_record(InstanceUid::new_v7());
+            r.sequence_num = i;
+            r
+        })
+        .collect();
+    let versions = join_all(records.iter().map(|r| create(store, r))).await;
+    let reads = join_all(records.iter().map(|r| get_existing(store, r.instance_uid))).await;
+    for ((record, version), read) in records.into_iter().zip(versions).zip(reads) {
+        assert_eq!(read, Versioned { record, version });
+    }
+}
+
+pub async fn list_paginates_in_uid_order<S: AgentStore>(store: &S) {
+    let mut ours: Vec<InstanceUid> = (0..7).map(|_| InstanceUid::new_v7()).collect();
+    for uid in &ours {
+        create(store, &minimal_record(*uid)).await;
+    }
+    ours.sort();
+    let (first, last) = (ours[0], ours[ours.len() - 1]);
+
+    // Other tests may write into the same keyspace concurrently, so check order and paging, and
+    // that ours come back in order, without assuming ours are the only records in range.
+    const PAGE: usize = 3;
+    let mut after = predecessor(first);
+    let mut seen = Vec::new();
+    loop {
+        let page = store.list(after, PAGE).await.expect("list");
+        assert!(page.len() <= PAGE, "page larger than the limit: {}", page.len());
+        for pair in page.windows(2) {
+            assert!(pair[0].instance_uid < pair[1].instance_uid, "page not in uid order");
+        }
+        if let (Some(a), Some(r)) = (after, page.first()) {
+            assert!(r.instance_uid > a, "list returned a uid not after the cursor");
+        }
+        seen.extend(page.iter().map(|r| r.instance_uid).filter(|u| ours.binary_search(u).is_ok()));
+        match page.last() {
+            Some(r) if page.len() == PAGE && r.instance_uid < last => after = Some(r.instance_uid),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, ours, "paging must return every record once, in uid order");
+
+    let after_last = store.list(Some(last), PAGE).await.expect("list");
+    assert!(after_last.iter().all(|r| r.instance_uid > last));
+    assert_eq!(store.list(predecessor(first), 0).await, Ok(vec![]), "limit 0 returns nothing");
+}
+
+pub async fn flush_then_get_sees_writes<S: AgentStore>(store: &S) {
+    let records: Vec<AgentRecord> =
+        (0..16).map(|_| minimal_record(InstanceUid::new_v7())).collect();
+    let versions = join_all(records.iter().map(|r| create(store, r))).await;
+    store.flush().await.expect("flush");
+    for (record, version) in records.into_iter().zip(versions) {
+        assert_eq!(get_existing(store, record.instance_uid).await, Versioned { record, version });
+    }
+    // Flushing with nothing queued is a no-op, not an error.
+    store.flush().await.expect("idle flush");
+}
+
+pub async fn ready_is_ok<S: AgentStore>(store: &S) {
+    assert_eq!(store.ready().await, Ok(()));
+}
