@@ -1,0 +1,437 @@
+//! One simulated agent: builds its next `AgentToServer` (full status or compressed heartbeat,
+//! optionally with a deliberate sequence drift) and judges the server's reply against what the
+//! OpAMP drift rules demand. Pure: no I/O and no clock reads (time is a parameter).
+
+use std::collections::HashMap;
+
+use opamp_proto::v1::{
+    AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer, AnyValue, ComponentHealth,
+    EffectiveConfig, KeyValue, ServerToAgent, any_value,
+};
+use opamp_proto::{InstanceUid, Message, agent_caps, server_caps, server_flags};
+
+/// What every simulated agent declares: a status-reporting collector with health, effective
+/// config and heartbeats, the common real-world profile.
+pub const AGENT_CAPS: u64 = agent_caps::REPORTS_STATUS
+    | agent_caps::REPORTS_EFFECTIVE_CONFIG
+    | agent_caps::REPORTS_HEALTH
+    | agent_caps::REPORTS_HEARTBEAT;
+
+/// A deliberate sequence-number fault; each one obliges the server to ask for the full state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injection {
+    None,
+    /// Skips one number (last + 2): a lost message.
+    Gap,
+    /// Repeats the last number: a duplicate delivery.
+    Duplicate,
+    /// Goes back one number (last - 1): out of order.
+    Backward,
+}
+
+impl Injection {
+    /// Picks a fault kind from a uniform float: mostly gaps, the failure agents really see.
+    pub fn pick(unit: f64) -> Self {
+        if unit < 0.6 {
+            Injection::Gap
+        } else if unit < 0.8 {
+            Injection::Duplicate
+        } else {
+            Injection::Backward
+        }
+    }
+}
+
+/// What the drift rules require of the reply to one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The sequence is broken: the reply must carry ReportFullState.
+    Ask,
+    /// In order, with full state on record: ReportFullState would be a false alarm.
+    DoNotAsk,
+    /// A previous exchange failed, so whether the server saw it (and its seq) is unknown.
+    Unknown,
+}
+
+/// What was sent, kept to judge the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub seq: u64,
+    pub full: bool,
+    pub injection: Injection,
+    pub expect: Expect,
+}
+
+/// How the server's answer to the drift question compares with the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Correct,
+    /// Asked for full state although the seq was in order and full state is on record.
+    FalseFullState,
+    /// Did not ask although the agent broke its sequence.
+    MissedFullState,
+    /// Could not be judged (see [`Expect::Unknown`]).
+    Unjudged,
+}
+
+/// A reply that is not a valid answer to the message, by kind (for error accounting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyError {
+    Decode,
+    /// `error_response` set; carries its `ServerErrorResponseType` value.
+    ErrorResponse(i32),
+    UidMismatch,
+    /// `capabilities` lacks AcceptsStatus, which every response of a stateless server must carry.
+    MissingCapabilities,
+}
+
+impl ReplyError {
+    pub fn kind(&self) -> String {
+        match self {
+            ReplyError::Decode => "decode".into(),
+            ReplyError::ErrorResponse(1) => "error_response_bad_request".into(),
+            ReplyError::ErrorResponse(2) => "error_response_unavailable".into(),
+            ReplyError::ErrorResponse(t) => format!("error_response_type_{t}"),
+            ReplyError::UidMismatch => "uid_mismatch".into(),
+            ReplyError::MissingCapabilities => "missing_capabilities".into(),
+        }
+    }
+}
+
+/// A valid reply, judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    pub asked_full_state: bool,
+    pub verdict: Verdict,
+}
+
+/// A simulated agent's protocol state. The server's view is tracked conservatively: after any
+/// failed exchange the agent stops judging until a reply puts both sides back in sync.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    uid: InstanceUid,
+    index: u64,
+    /// Seq of the last message sent; `None` before the first.
+    last_sent: Option<u64>,
+    /// A reply was received, so the server holds a record, and since the first message was a full
+    /// status, that record has full state.
+    known: bool,
+    /// The server's stored seq equals `last_sent` (false after a failed exchange, whose message
+    /// the server may or may not have applied).
+    in_sync: bool,
+    /// The next message must be a full status: the first one, or the server asked.
+    owe_full: bool,
+}
+
+impl Agent {
+    pub fn new(uid: InstanceUid, index: u64) -> Self {
+        Self { uid, index, last_sent: None, known: false, in_sync: true, owe_full: true }
+    }
+
+    pub fn uid(&self) -> &InstanceUid {
+        &self.uid
+    }
+
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The server asked for full state and it has not been sent yet.
+    pub fn owes_full(&self) -> bool {
+        self.owe_full
+    }
+
+    /// A fault can only be judged when the server's seq is known, so injection is refused
+    /// otherwise; a full status is never faulted to keep the follow-up path simple.
+    pub fn can_inject(&self) -> bool {
+        self.known && self.in_sync && !self.owe_full && self.last_sent.is_some()
+    }
+
+    /// Builds the next message; `now_unix_nano` stamps health. Returns what to judge the reply
+    /// against and the encoded protobuf.
+    pub fn next_message(&mut self, injection: Injection, now_unix_nano: u64) -> (Sent, Vec<u8>) {
+        let injection = if self.can_inject() { injection } else { Injection::None };
+        let seq = match (self.last_sent, injection) {
+            (None, _) => 0,
+            (Some(last), Injection::None) => last + 1,
+            (Some(last), Injection::Gap) => last + 2,
+            (Some(last), Injection::Duplicate) => last,
+            // From 0 there is nothing earlier; a repeat is the nearest out-of-order number.
+            (Some(last), Injection::Backward) => last.saturating_sub(1),
+        };
+        let full = self.owe_full;
+        let expect = if !self.in_sync {
+            Expect::Unknown
+        } else if injection != Injection::None {
+            Expect::Ask
+        } else if self.known || full {
+            // Known with full state and in order, or a new agent enrolling with a full status:
+            // both must be accepted without a second round.
+            Expect::DoNotAsk
+        } else {
+            // Never reached: an unknown agent always owes a full status.
+            Expect::Unknown
+        };
+        self.last_sent = Some(seq);
+        let msg = if full { self.full_status(seq, now_unix_nano) } else { self.heartbeat(seq) };
+        (Sent { seq, full, injection, expect }, msg.encode_to_vec())
+    }
+
+    /// Checks a 200 reply body and updates the agent's view of the server.
+    pub fn on_reply(&mut self, sent: &Sent, body: &[u8]) -> Result<Judged, ReplyError> {
+        let reply = match ServerToAgent::decode(body) {
+            Ok(r) => r,
+            Err(_) => return Err(self.failed(sent)),
+        };
+        if let Some(err) = &reply.error_response {
+            return Err(self.failed_with(sent, ReplyError::ErrorResponse(err.r#type)));
+        }
+        if reply.instance_uid.as_ref() != self.uid.as_bytes() {
+            return Err(self.failed_with(sent, ReplyError::UidMismatch));
+        }
+        if reply.capabilities & server_caps::ACCEPTS_STATUS == 0 {
+            return Err(self.failed_with(sent, ReplyError::MissingCapabilities));
+        }
+        let asked = reply.flags & server_flags::REPORT_FULL_STATE != 0;
+        let verdict = match (sent.expect, asked) {
+            (Expect::Unknown, _) => Verdict::Unjudged,
+            (Expect::Ask, true) | (Expect::DoNotAsk, false) => Verdict::Correct,
+            (Expect::Ask, false) => Verdict::MissedFullState,
+            (Expect::DoNotAsk, true) => Verdict::FalseFullState,
+        };
+        self.known = true;
+        self.in_sync = true;
+        // Real agents answer the flag with a full status at once, false alarm or not.
+        self.owe_full = asked;
+        Ok(Judged { asked_full_state: asked, verdict })
+    }
+
+    /// The exchange failed (transport error, non-200, or a bad reply): the server may or may not
+    /// have applied the message, so stop judging until the next good reply.
+    pub fn on_error(&mut self, sent: &Sent) {
+        self.in_sync = false;
+        if sent.full {
+            self.owe_full = true;
+        }
+    }
+
+    fn failed(&mut self, sent: &Sent) -> ReplyError {
+        self.failed_with(sent, ReplyError::Decode)
+    }
+
+    fn failed_with(&mut self, sent: &Sent, err: ReplyError) -> ReplyError {
+        self.on_error(sent);
+        err
+    }
+
+    fn heartbeat(&self, seq: u64) -> AgentToServer {
+        AgentToServer {
+            instance_uid: self.uid.as_bytes().to_vec().into(),
+            sequence_num: seq,
+            capabilities: AGENT_CAPS,
+            ..Default::default()
+        }
+    }
+
+    fn full_status(&self, seq: u64, now_unix_nano: u64) -> AgentToServer {
+        let host = format!("loadtest-host-{:04}", self.index % 1000);
+        let description = AgentDescription {
+            identifying_attributes: vec![
+                kv("service.name", "opampd-loadtest-agent"),
+                kv("service.instance.id", &self.uid.to_string()),
+                kv("service.version", "0.1.0"),
+            ],
+            non_identifying_attributes: vec![
+                kv("host.name", &host),
+                kv("os.type", "linux"),
+                kv("host.arch", "amd64"),
+            ],
+        };
+        let health = ComponentHealth {
+            healthy: true,
+            start_time_unix_nano: now_unix_nano,
+            status: "StatusOK".into(),
+            status_time_unix_nano: now_unix_nano,
+            ..Default::default()
+        };
+        // A small collector config, about the size of a minimal real one.
+        let config = format!(
+            "receivers:\n  otlp:\n    protocols:\n      grpc: {{}}\nexporters:\n  debug: {{}}\n\
+             service:\n  telemetry:\n    resource:\n      host: {host}\n  pipelines:\n    traces:\n      \
+             receivers: [otlp]\n      exporters: [debug]\n"
+        );
+        let effective_config = EffectiveConfig {
+            config_map: Some(AgentConfigMap {
+                config_map: HashMap::from([(
+                    String::new(),
+                    AgentConfigFile {
+                        body: config.into_bytes().into(),
+                        content_type: "text/yaml".into(),
+                        ..Default::default()
+                    },
+                )]),
+            }),
+        };
+        AgentToServer {
+            agent_description: Some(description),
+            health: Some(health),
+            effective_config: Some(effective_config),
+            ..self.heartbeat(seq)
+        }
+    }
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opamp_proto::v1::{AgentToServer as A2S, ServerErrorResponse};
+
+    fn agent() -> Agent {
+        Agent::new(InstanceUid::from_bytes([7; 16]), 3)
+    }
+
+    fn reply(uid: &InstanceUid, flags: u64) -> Vec<u8> {
+        ServerToAgent {
+            instance_uid: uid.as_bytes().to_vec().into(),
+            flags,
+            capabilities: server_caps::ACCEPTS_STATUS,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn ok(a: &mut Agent, s: &Sent) -> Judged {
+        let uid = *a.uid();
+        a.on_reply(s, &reply(&uid, 0)).unwrap()
+    }
+
+    fn asked(a: &mut Agent, s: &Sent) -> Judged {
+        let uid = *a.uid();
+        a.on_reply(s, &reply(&uid, server_flags::REPORT_FULL_STATE)).unwrap()
+    }
+
+    #[test]
+    fn first_message_is_a_full_status_at_seq_zero_that_must_not_be_refused() {
+        let mut a = agent();
+        let (s, body) = a.next_message(Injection::Gap, 1);
+        assert_eq!(
+            s,
+            Sent { seq: 0, full: true, injection: Injection::None, expect: Expect::DoNotAsk }
+        );
+        let m = A2S::decode(&body[..]).unwrap();
+        assert_eq!(m.capabilities, AGENT_CAPS);
+        assert!(
+            m.agent_description.is_some() && m.health.is_some() && m.effective_config.is_some()
+        );
+        assert_eq!(m.instance_uid.as_ref(), a.uid().as_bytes());
+        assert_eq!(ok(&mut a, &s).verdict, Verdict::Correct);
+    }
+
+    #[test]
+    fn heartbeats_carry_only_uid_seq_and_caps_in_order() {
+        let mut a = agent();
+        let (s0, _) = a.next_message(Injection::None, 1);
+        ok(&mut a, &s0);
+        let (s1, body) = a.next_message(Injection::None, 2);
+        assert_eq!((s1.seq, s1.full, s1.expect), (1, false, Expect::DoNotAsk));
+        let m = A2S::decode(&body[..]).unwrap();
+        assert_eq!(
+            m,
+            A2S {
+                instance_uid: m.instance_uid.clone(),
+                sequence_num: 1,
+                capabilities: AGENT_CAPS,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn each_injection_breaks_the_sequence_and_expects_a_request() {
+        for (inj, seq) in [(Injection::Gap, 3), (Injection::Duplicate, 1), (Injection::Backward, 0)]
+        {
+            let mut a = agent();
+            let (s0, _) = a.next_message(Injection::None, 1);
+            ok(&mut a, &s0);
+            let (s1, _) = a.next_message(Injection::None, 1);
+            ok(&mut a, &s1);
+            let (s, _) = a.next_message(inj, 1);
+            assert_eq!((s.seq, s.injection, s.expect), (seq, inj, Expect::Ask), "{inj:?}");
+            assert_eq!(ok(&mut a, &s).verdict, Verdict::MissedFullState);
+        }
+    }
+
+    #[test]
+    fn a_request_is_answered_with_an_in_order_full_status() {
+        let mut a = agent();
+        let (s0, _) = a.next_message(Injection::None, 1);
+        ok(&mut a, &s0);
+        let (gap, _) = a.next_message(Injection::Gap, 1);
+        assert_eq!(asked(&mut a, &gap).verdict, Verdict::Correct);
+        assert!(a.owes_full());
+        let (full, _) = a.next_message(Injection::Gap, 1);
+        assert_eq!(
+            full,
+            Sent { seq: 3, full: true, injection: Injection::None, expect: Expect::DoNotAsk }
+        );
+        assert_eq!(asked(&mut a, &full).verdict, Verdict::FalseFullState);
+    }
+
+    #[test]
+    fn in_order_request_is_a_false_full_state() {
+        let mut a = agent();
+        let (s0, _) = a.next_message(Injection::None, 1);
+        ok(&mut a, &s0);
+        let (s1, _) = a.next_message(Injection::None, 1);
+        assert_eq!(asked(&mut a, &s1).verdict, Verdict::FalseFullState);
+    }
+
+    #[test]
+    fn after_an_error_nothing_is_judged_until_a_good_reply() {
+        let mut a = agent();
+        let (s0, _) = a.next_message(Injection::None, 1);
+        a.on_error(&s0);
+        let (s1, _) = a.next_message(Injection::Gap, 1);
+        // The enrollment is retried as a full status, unjudged, with no fault injected.
+        assert_eq!(
+            s1,
+            Sent { seq: 1, full: true, injection: Injection::None, expect: Expect::Unknown }
+        );
+        assert_eq!(asked(&mut a, &s1).verdict, Verdict::Unjudged);
+        let (s2, _) = a.next_message(Injection::None, 1);
+        assert_eq!((s2.seq, s2.full, s2.expect), (2, true, Expect::DoNotAsk));
+    }
+
+    #[test]
+    fn bad_replies_are_errors_and_desync() {
+        let mut a = agent();
+        let (s0, _) = a.next_message(Injection::None, 1);
+        assert_eq!(a.on_reply(&s0, b"\xff\xff"), Err(ReplyError::Decode));
+        let other = InstanceUid::from_bytes([9; 16]);
+        let (s1, _) = a.next_message(Injection::None, 1);
+        assert_eq!(a.on_reply(&s1, &reply(&other, 0)), Err(ReplyError::UidMismatch));
+        let no_caps = ServerToAgent {
+            instance_uid: a.uid().as_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        let (s2, _) = a.next_message(Injection::None, 1);
+        assert_eq!(a.on_reply(&s2, &no_caps.encode_to_vec()), Err(ReplyError::MissingCapabilities));
+        let err = ServerToAgent {
+            instance_uid: a.uid().as_bytes().to_vec().into(),
+            error_response: Some(ServerErrorResponse { r#type: 2, ..Default::default() }),
+            ..Default::default()
+        };
+        let (s3, _) = a.next_message(Injection::None, 1);
+        assert_eq!(a.on_reply(&s3, &err.encode_to_vec()), Err(ReplyError::ErrorResponse(2)));
+        assert_eq!(ReplyError::ErrorResponse(2).kind(), "error_response_unavailable");
+        let (s4, _) = a.next_message(Injection::None, 1);
+        assert_eq!(s4.expect, Expect::Unknown);
+    }
+}

@@ -1,0 +1,236 @@
+//! How a message reaches the server: plain HTTP POST (one request per message, pooled
+//! keep-alive connections) or WebSocket (agents multiplexed over a fixed set of connections,
+//! replies routed back by `instance_uid`). Only moves bytes; judging the reply is the agent's job.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use opamp_proto::v1::ServerToAgent;
+use opamp_proto::{Bytes, InstanceUid, Message, framing};
+use reqwest::Url;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Why an exchange produced no reply body to judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeError {
+    Timeout,
+    Connect,
+    /// A non-200 HTTP status.
+    Status(u16),
+    /// 200 without `Content-Type: application/x-protobuf`.
+    ContentType,
+    /// The WebSocket connection carrying this agent is gone.
+    Closed,
+    Other,
+}
+
+impl ExchangeError {
+    pub fn kind(&self) -> String {
+        match self {
+            ExchangeError::Timeout => "timeout".into(),
+            ExchangeError::Connect => "connect".into(),
+            ExchangeError::Status(code) => format!("http_{code}"),
+            ExchangeError::ContentType => "content_type".into(),
+            ExchangeError::Closed => "ws_closed".into(),
+            ExchangeError::Other => "transport".into(),
+        }
+    }
+
+    /// 503/429 are the server's overload signal (it is shedding load, not failing).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ExchangeError::Status(503 | 429))
+    }
+}
+
+/// A connected transport.
+#[derive(Debug)]
+pub enum Transport {
+    Http(HttpTransport),
+    Ws(WsTransport),
+}
+
+impl Transport {
+    /// Sends one encoded `AgentToServer` for `uid` and returns the reply body.
+    pub async fn exchange(
+        &self,
+        agent_index: u64,
+        uid: &InstanceUid,
+        body: Vec<u8>,
+    ) -> Result<Bytes, ExchangeError> {
+        match self {
+            Transport::Http(t) => t.exchange(uid, body).await,
+            Transport::Ws(t) => t.exchange(agent_index, uid, body).await,
+        }
+    }
+}
+
+/// HTTP transport: a reqwest client whose idle pool holds `connections` keep-alive sockets.
+#[derive(Debug)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    target: Url,
+}
+
+impl HttpTransport {
+    pub fn new(target: Url, connections: usize, timeout: Duration) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            // Longer than any pause between messages on a busy pool; the server keeps 90 s.
+            .pool_idle_timeout(Duration::from_secs(60))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()?;
+        Ok(Self { client, target })
+    }
+
+    async fn exchange(&self, uid: &InstanceUid, body: Vec<u8>) -> Result<Bytes, ExchangeError> {
+        let resp = self
+            .client
+            .post(self.target.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+            .header("OpAMP-Instance-UID", uid.to_string())
+            .body(body)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status().as_u16();
+        let protobuf = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().starts_with("application/x-protobuf"));
+        // Read the body even on errors so the connection returns to the pool.
+        let bytes = resp.bytes().await.map_err(classify)?;
+        if status != 200 {
+            return Err(ExchangeError::Status(status));
+        }
+        if !protobuf {
+            return Err(ExchangeError::ContentType);
+        }
+        Ok(bytes)
+    }
+}
+
+fn classify(err: reqwest::Error) -> ExchangeError {
+    if err.is_timeout() {
+        ExchangeError::Timeout
+    } else if err.is_connect() {
+        ExchangeError::Connect
+    } else {
+        ExchangeError::Other
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<[u8; 16], oneshot::Sender<Bytes>>>>;
+
+/// One WebSocket connection shared by many agents. An agent has at most one message in flight,
+/// so its uid identifies the reply.
+#[derive(Debug)]
+struct WsConn {
+    tx: mpsc::Sender<WsMessage>,
+    pending: Pending,
+    open: Arc<AtomicBool>,
+}
+
+/// WebSocket transport: `connections` sockets, agent `i` always on socket `i % connections`
+/// (as a load balancer hashing the uid would keep it on one server).
+#[derive(Debug)]
+pub struct WsTransport {
+    conns: Vec<WsConn>,
+    timeout: Duration,
+    /// Server-initiated messages with no request waiting (pushes, or replies after a timeout).
+    pub unsolicited: Arc<AtomicU64>,
+}
+
+impl WsTransport {
+    pub async fn connect(
+        target: Url,
+        connections: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let unsolicited = Arc::new(AtomicU64::new(0));
+        let mut conns = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let (ws, _) =
+                tokio::time::timeout(timeout, tokio_tungstenite::connect_async(target.as_str()))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("websocket connect to {target} timed out"))??;
+            let (mut sink, mut stream) = ws.split();
+            // Bounded: a full queue makes senders wait, which is back-pressure, not growth.
+            let (tx, mut rx) = mpsc::channel::<WsMessage>(1024);
+            let pending: Pending = Arc::default();
+            let open = Arc::new(AtomicBool::new(true));
+            tokio::spawn(async move {
+                while let Some(msg) = rx.recv().await {
+                    if sink.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = sink.close().await;
+            });
+            let (reader_pending, reader_open, reader_unsolicited) =
+                (pending.clone(), open.clone(), unsolicited.clone());
+            tokio::spawn(async move {
+                while let Some(Ok(msg)) = stream.next().await {
+                    let WsMessage::Binary(data) = msg else { continue };
+                    let Ok(payload) = framing::decode(data) else { continue };
+                    let uid = ServerToAgent::decode(payload.clone())
+                        .ok()
+                        .and_then(|r| <[u8; 16]>::try_from(r.instance_uid.as_ref()).ok());
+                    let waiter = uid.and_then(|u| lock(&reader_pending).remove(&u));
+                    match waiter {
+                        Some(w) => {
+                            let _ = w.send(payload);
+                        }
+                        None => {
+                            reader_unsolicited.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                reader_open.store(false, Ordering::Relaxed);
+                // Waiters of a dead connection fail now rather than at their timeout.
+                lock(&reader_pending).clear();
+            });
+            conns.push(WsConn { tx, pending, open });
+        }
+        Ok(Self { conns, timeout, unsolicited })
+    }
+
+    async fn exchange(
+        &self,
+        agent_index: u64,
+        uid: &InstanceUid,
+        body: Vec<u8>,
+    ) -> Result<Bytes, ExchangeError> {
+        let conn = &self.conns[(agent_index % self.conns.len() as u64) as usize];
+        if !conn.open.load(Ordering::Relaxed) {
+            return Err(ExchangeError::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        lock(&conn.pending).insert(*uid.as_bytes(), tx);
+        let frame = WsMessage::Binary(framing::encode(&body));
+        let result = tokio::time::timeout(self.timeout, async {
+            conn.tx.send(frame).await.map_err(|_| ExchangeError::Closed)?;
+            rx.await.map_err(|_| ExchangeError::Closed)
+        })
+        .await;
+        match result {
+            Ok(r) => r,
+            Err(_) => {
+                lock(&conn.pending).remove(uid.as_bytes());
+                Err(ExchangeError::Timeout)
+            }
+        }
+    }
+}
+
+/// The maps are only touched in short, non-async sections; a poisoned lock still holds valid data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
