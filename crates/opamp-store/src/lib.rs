@@ -13,6 +13,7 @@ use opamp_core::AgentRecord;
 use opamp_proto::InstanceUid;
 
 pub mod cache;
+pub mod codec;
 pub mod elasticsearch;
 pub mod embedded;
 #[cfg(any(test, feature = "conformance"))]

@@ -1,0 +1,230 @@
+//! The versioned binary encoding of an [`AgentRecord`] at rest, shared by every backend (the
+//! embedded store's values, the Elasticsearch document's not-indexed blob).
+//!
+//! The layout is a protobuf message owned by the store, not the core type: the core derives
+//! nothing for storage, and a schema change here bumps [`SCHEMA_VERSION`] instead of silently
+//! misreading old bytes. Decoding never panics: bad or unknown bytes are [`StoreError::Corrupt`].
+
+use opamp_core::{AgentRecord, AgentStatus};
+use opamp_proto::InstanceUid;
+use opamp_proto::v1;
+use prost::Message;
+
+use crate::StoreError;
+
+/// The layout [`encode`] writes. Bump on any change that an older reader would misread, and
+/// teach [`decode`] to read the old one.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One stored agent. Tags are part of the format: never reuse or renumber one.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredAgent {
+    #[prost(uint32, tag = "1")]
+    schema_version: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    instance_uid: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    sequence_num: u64,
+    #[prost(uint64, tag = "4")]
+    capabilities: u64,
+    /// See [`status_code`]; 0 is deliberately unused so a missing field is detected.
+    #[prost(uint32, tag = "5")]
+    status: u32,
+    #[prost(uint64, tag = "6")]
+    enrolled_at: u64,
+    #[prost(uint64, tag = "7")]
+    last_checkin: u64,
+    #[prost(message, optional, tag = "8")]
+    agent_description: Option<v1::AgentDescription>,
+    #[prost(message, optional, tag = "9")]
+    health: Option<v1::ComponentHealth>,
+    #[prost(message, optional, tag = "10")]
+    effective_config: Option<v1::EffectiveConfig>,
+    #[prost(message, optional, tag = "11")]
+    remote_config_status: Option<v1::RemoteConfigStatus>,
+    #[prost(message, optional, tag = "12")]
+    package_statuses: Option<v1::PackageStatuses>,
+    #[prost(message, optional, tag = "13")]
+    custom_capabilities: Option<v1::CustomCapabilities>,
+    #[prost(message, optional, tag = "14")]
+    available_components: Option<v1::AvailableComponents>,
+    #[prost(message, optional, tag = "15")]
+    connection_settings_status: Option<v1::ConnectionSettingsStatus>,
+}
+
+// Explicit codes rather than enum discriminants, so reordering the core enum cannot change the
+// meaning of stored bytes.
+fn status_code(status: AgentStatus) -> u32 {
+    match status {
+        AgentStatus::Online => 1,
+        AgentStatus::Degraded => 2,
+        AgentStatus::Error => 3,
+        AgentStatus::Disconnected => 4,
+        AgentStatus::Offline => 5,
+    }
+}
+
+fn status_from_code(code: u32) -> Option<AgentStatus> {
+    Some(match code {
+        1 => AgentStatus::Online,
+        2 => AgentStatus::Degraded,
+        3 => AgentStatus::Error,
+        4 => AgentStatus::Disconnected,
+        5 => AgentStatus::Offline,
+        _ => return None,
+    })
+}
+
+/// The stored bytes of `record`.
+pub fn encode(record: &AgentRecord) -> Vec<u8> {
+    StoredAgent {
+        schema_version: SCHEMA_VERSION,
+        instance_uid: record.instance_uid.as_bytes().to_vec(),
+        sequence_num: record.sequence_num,
+        capabilities: record.capabilities,
+        status: status_code(record.status),
+        enrolled_at: record.enrolled_at,
+        last_checkin: record.last_checkin,
+        agent_description: record.agent_description.clone(),
+        health: record.health.clone(),
+        effective_config: record.effective_config.clone(),
+        remote_config_status: record.remote_config_status.clone(),
+        package_statuses: record.package_statuses.clone(),
+        custom_capabilities: record.custom_capabilities.clone(),
+        available_components: record.available_components.clone(),
+        connection_settings_status: record.connection_settings_status.clone(),
+    }
+    .encode_to_vec()
+}
+
+/// The record stored as `bytes`, or [`StoreError::Corrupt`] if they are not a record this
+/// version can read.
+pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
+    let stored = StoredAgent::decode(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("undecodable agent record: {e}")))?;
+    if stored.schema_version != SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "unknown agent record schema version {}",
+            stored.schema_version
+        )));
+    }
+    let instance_uid = InstanceUid::try_from(stored.instance_uid.as_slice())
+        .map_err(|e| StoreError::Corrupt(format!("stored {e}")))?;
+    let status = status_from_code(stored.status).ok_or_else(|| {
+        StoreError::Corrupt(format!("unknown stored status code {}", stored.status))
+    })?;
+    Ok(AgentRecord {
+        instance_uid,
+        sequence_num: stored.sequence_num,
+        capabilities: stored.capabilities,
+        status,
+        enrolled_at: stored.enrolled_at,
+        last_checkin: stored.last_checkin,
+        agent_description: stored.agent_description,
+        health: stored.health,
+        effective_config: stored.effective_config,
+        remote_config_status: stored.remote_config_status,
+        package_statuses: stored.package_statuses,
+        custom_capabilities: stored.custom_capabilities,
+        available_components: stored.available_components,
+        connection_settings_status: stored.connection_settings_status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{full_record, minimal_record};
+
+    #[test]
+    fn full_record_round_trips() {
+        let record = full_record(InstanceUid::new_v7());
+        assert_eq!(decode(&encode(&record)), Ok(record));
+    }
+
+    #[test]
+    fn minimal_record_round_trips_with_absent_sub_messages() {
+        let record = minimal_record(InstanceUid::new_v7());
+        assert_eq!(decode(&encode(&record)), Ok(record));
+    }
+
+    #[test]
+    fn every_status_round_trips() {
+        for status in [
+            AgentStatus::Online,
+            AgentStatus::Degraded,
+            AgentStatus::Error,
+            AgentStatus::Disconnected,
+            AgentStatus::Offline,
+        ] {
+            let mut record = minimal_record(InstanceUid::new_v7());
+            record.status = status;
+            assert_eq!(decode(&encode(&record)).map(|r| r.status), Ok(status));
+        }
+    }
+
+    #[test]
+    fn present_but_empty_sub_message_stays_present() {
+        let mut record = minimal_record(InstanceUid::new_v7());
+        record.health = Some(v1::ComponentHealth::default());
+        record.custom_capabilities = Some(v1::CustomCapabilities::default());
+        assert_eq!(decode(&encode(&record)), Ok(record));
+    }
+
+    #[test]
+    fn unknown_schema_version_is_corrupt() {
+        let mut stored =
+            StoredAgent::decode(encode(&minimal_record(InstanceUid::new_v7())).as_slice())
+                .expect("own encoding decodes");
+        stored.schema_version = SCHEMA_VERSION + 1;
+        let err = decode(&stored.encode_to_vec()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(ref m) if m.contains("schema version")), "{err}");
+    }
+
+    #[test]
+    fn missing_schema_version_is_corrupt() {
+        assert!(matches!(decode(&[]), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn garbage_bytes_are_corrupt_not_a_panic() {
+        let inputs: [&[u8]; 5] = [
+            &[0xff; 64],
+            &[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            &[0x08],
+            &[0x42, 0x80],
+            b"not a record at all",
+        ];
+        for bytes in inputs {
+            assert!(matches!(decode(bytes), Err(StoreError::Corrupt(_))), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn truncated_encoding_is_corrupt() {
+        let bytes = encode(&full_record(InstanceUid::new_v7()));
+        // Cut inside a field: a cut on a field boundary is indistinguishable from absent fields,
+        // which is why backends store the blob atomically.
+        for len in [1, bytes.len() - 1] {
+            assert!(matches!(decode(&bytes[..len]), Err(StoreError::Corrupt(_))), "len {len}");
+        }
+    }
+
+    #[test]
+    fn wrong_uid_length_is_corrupt() {
+        let mut stored =
+            StoredAgent::decode(encode(&minimal_record(InstanceUid::new_v7())).as_slice())
+                .expect("own encoding decodes");
+        stored.instance_uid.truncate(15);
+        assert!(matches!(decode(&stored.encode_to_vec()), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn unknown_status_code_is_corrupt() {
+        let mut stored =
+            StoredAgent::decode(encode(&minimal_record(InstanceUid::new_v7())).as_slice())
+                .expect("own encoding decodes");
+        stored.status = 0;
+        assert!(matches!(decode(&stored.encode_to_vec()), Err(StoreError::Corrupt(_))));
+    }
+}
