@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of opampd on Elasticsearch, in one run on this machine:
+#   (a) es-ceiling: raw CAS `_bulk` items/s (bulks of 500, 4 in flight, as opampd's group commit);
+#   (b) build and start opampd --store elasticsearch on a fresh index opampd-bench-<ts>;
+#   (c) snapshot the index's ES stats (writes, gets, searches, bulks);
+#   (d) open-loop rate sweep for the max sustained msg/s (p99 <= 100 ms, 0 errors), then the
+#       fleet scenario (100K agents, 30 s heartbeat = 3.3K msg/s) for 120 s;
+#   (e) ES operations per message for each phase; (f) opampd msg/s / raw ceiling.
+# Stops the opampd it started and deletes its bench index (KEEP_INDEX=1 keeps it).
+#
+#   loadtest/bench-es.sh                 # full run (~12 min)
+#   BENCH_SHORT=1 loadtest/bench-es.sh   # quick run (~3 min)
+#   ES=http://127.0.0.1:9250 BENCH_OUT=/tmp/x loadtest/bench-es.sh
+set -euo pipefail
+# shellcheck source=bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+
+ES=${ES:-http://127.0.0.1:9250}
+require_loopback "$ES"
+INDEX=opampd-bench-$TS
+mkdir -p "$BENCH_OUT"
+
+cleanup() {
+  stop_opampd
+  if [ "${KEEP_INDEX:-0}" != 1 ]; then
+    curl -fsS --max-time 30 -X DELETE "$ES/$INDEX" >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+curl -fsS --max-time 5 "$ES/_cluster/health" >/dev/null || { log "elasticsearch at $ES is down (scripts/elasticsearch.sh start)"; exit 1; }
+build
+
+log "(a) raw ceiling: es-ceiling bulk 500 x4 for ${BENCH_CEILING_SECS}s"
+timeout --signal=KILL 900 "$BIN/es-ceiling" --es-url "$ES" --bulk 500 --concurrency 4 \
+  --duration "$BENCH_CEILING_SECS" --json-out "$BENCH_OUT/ceiling.json" >"$BENCH_OUT/ceiling.txt"
+CEILING=$(jq .best_bulk_items_per_s "$BENCH_OUT/ceiling.json")
+log "raw CAS bulk ceiling: $CEILING items/s"
+
+log "(b) opampd on elasticsearch, index $INDEX"
+start_opampd --store elasticsearch --es-url "$ES" --es-index "$INDEX"
+
+# Index-level stats only count opampd's own index, so other users of the same ES do not skew
+# the per-message figures. _all.total covers every copy of the shard.
+es_stats() {
+  curl -fsS --max-time 10 "$ES/$INDEX/_stats/indexing,get,search,bulk" | jq '._all.total
+    | { writes: .indexing.index_total, write_failed: .indexing.index_failed,
+        gets: .get.total, searches: .search.query_total,
+        bulk_requests: (.bulk.total_operations // 0) }' 2>/dev/null \
+  || echo '{"writes":0,"write_failed":0,"gets":0,"searches":0,"bulk_requests":0}'
+}
+curl -fsS --max-time 10 "$ES/_nodes/stats/indices/indexing,get,search,bulk" >"$BENCH_OUT/node-stats-before.json" || true
+
+# per_message NAME BEFORE AFTER MESSAGES: ES operations per message between two snapshots.
+per_message() {
+  jq -n --arg name "$1" --argjson b "$2" --argjson a "$3" --argjson m "$4" '
+    { phase: $name, messages: $m,
+      es_writes: ($a.writes - $b.writes), es_gets: ($a.gets - $b.gets), es_searches: ($a.searches - $b.searches),
+      es_bulk_requests: ($a.bulk_requests - $b.bulk_requests), es_write_failed: ($a.write_failed - $b.write_failed),
+      writes_per_msg: (if $m > 0 then (($a.writes - $b.writes) / $m) else null end),
+      gets_per_msg: (if $m > 0 then (($a.gets - $b.gets) / $m) else null end),
+      searches_per_msg: (if $m > 0 then (($a.searches - $b.searches) / $m) else null end),
+      items_per_bulk: (if ($a.bulk_requests - $b.bulk_requests) > 0
+        then (($a.writes - $b.writes) / ($a.bulk_requests - $b.bulk_requests)) else null end) }'
+}
+
+log "(c,d) rate sweep: $BENCH_RATES msg/s, ${BENCH_STEP_SECS}s each, $BENCH_SWEEP_AGENTS agents"
+S0=$(es_stats); opampd_metrics before
+sweep
+S1=$(es_stats)
+SWEEP_COST=$(per_message sweep "$S0" "$S1" "$(messages_in "$BENCH_OUT"/sweep-*.json)")
+
+log "(d) scenario: $BENCH_AGENTS agents, ${BENCH_HEARTBEAT}s heartbeat, ${BENCH_SCENARIO_SECS}s"
+scenario || true
+S2=$(es_stats); opampd_metrics after
+SCEN_COST=$(per_message scenario "$S1" "$S2" "$(messages_in "$BENCH_OUT"/scenario.json)")
+curl -fsS --max-time 10 "$ES/_nodes/stats/indices/indexing,get,search,bulk" >"$BENCH_OUT/node-stats-after.json" || true
+stop_opampd
+
+SCEN=$BENCH_OUT/scenario.json
+[ -s "$SCEN" ] || echo '{}' >"$SCEN"
+jq -n --argjson ceiling "$CEILING" --argjson best "$BEST_RATE" --arg best_file "$BEST_FILE" \
+  --argjson sweep "$SWEEP_COST" --argjson scen_cost "$SCEN_COST" --slurpfile scen "$SCEN" \
+  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" '
+  { store: "elasticsearch", cores: ($nproc | tonumber), loadavg_at_end: $load,
+    raw_ceiling_items_per_s: $ceiling, max_sustained_msg_per_s: $best,
+    ratio_to_ceiling: (if $ceiling > 0 then ($best / $ceiling) else null end),
+    best_step: $best_file, es_cost_sweep: $sweep, es_cost_scenario: $scen_cost,
+    scenario: ($scen[0] | { agents, target_rate, achieved_rate, sent, errors, error_kinds, unavailable,
+      false_full_state, missed_full_state, injected, expected_requests_honoured, latency, passed }) }' \
+  | tee "$BENCH_OUT/summary.json"
+log "results in $BENCH_OUT"

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Shared functions of bench-es.sh and bench-embedded.sh (sourced, not run). Everything here is
+# loopback-only and time-bounded; the only process it stops is the opampd it started itself.
+
+# Tunables (env): BENCH_PORT, BENCH_ADMIN_PORT, BENCH_OUT, BENCH_SHORT=1 (quick run),
+# BENCH_RATES, BENCH_STEP_SECS, BENCH_SWEEP_AGENTS, BENCH_AGENTS, BENCH_HEARTBEAT,
+# BENCH_SCENARIO_SECS, BENCH_CONNECTIONS, BENCH_IN_FLIGHT, BENCH_P99_MS, BENCH_DRIFT.
+BENCH_PORT=${BENCH_PORT:-4330}
+BENCH_ADMIN_PORT=${BENCH_ADMIN_PORT:-4331}
+TS=$(date +%Y%m%d%H%M%S)
+BENCH_OUT=${BENCH_OUT:-/tmp/opampd-bench-$TS}
+if [ "${BENCH_SHORT:-0}" = 1 ]; then
+  BENCH_RATES=${BENCH_RATES:-"500 1000 2000 4000"}
+  BENCH_STEP_SECS=${BENCH_STEP_SECS:-12}
+  BENCH_AGENTS=${BENCH_AGENTS:-20000}
+  BENCH_SCENARIO_SECS=${BENCH_SCENARIO_SECS:-20}
+  BENCH_HEARTBEAT=${BENCH_HEARTBEAT:-6}
+  BENCH_CEILING_SECS=${BENCH_CEILING_SECS:-8}
+else
+  BENCH_RATES=${BENCH_RATES:-"1000 2000 3000 4000 5000 6000 8000 10000 12000"}
+  BENCH_STEP_SECS=${BENCH_STEP_SECS:-30}
+  BENCH_AGENTS=${BENCH_AGENTS:-100000}
+  BENCH_SCENARIO_SECS=${BENCH_SCENARIO_SECS:-120}
+  BENCH_HEARTBEAT=${BENCH_HEARTBEAT:-30}
+  BENCH_CEILING_SECS=${BENCH_CEILING_SECS:-20}
+fi
+BENCH_SWEEP_AGENTS=${BENCH_SWEEP_AGENTS:-10000}
+BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-256}
+BENCH_IN_FLIGHT=${BENCH_IN_FLIGHT:-512}
+BENCH_P99_MS=${BENCH_P99_MS:-100}
+BENCH_DRIFT=${BENCH_DRIFT:-0.01}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+TARGET_URL=http://127.0.0.1:$BENCH_PORT/v1/opamp
+ADMIN_URL=http://127.0.0.1:$BENCH_ADMIN_PORT
+OPAMPD_PID=
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+require_loopback() {
+  case "$1" in
+    http://127.*|http://localhost[:/]*|http://localhost|http://\[::1\]*) ;;
+    *) log "refusing non-loopback url $1"; exit 2 ;;
+  esac
+}
+
+build() {
+  log "building opampd and opampd-loadtest (release) into $TARGET_DIR"
+  (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p opampd -p opampd-loadtest) >&2
+}
+
+# start_opampd ARGS...: starts the server on the bench ports, waits (<= 90 s) for /readyz.
+start_opampd() {
+  mkdir -p "$BENCH_OUT"
+  log "starting opampd $*"
+  "$BIN/opampd" --listen "127.0.0.1:$BENCH_PORT" --admin-listen "127.0.0.1:$BENCH_ADMIN_PORT" "$@" \
+    >"$BENCH_OUT/opampd.log" 2>&1 &
+  OPAMPD_PID=$!
+  for _ in $(seq 1 180); do
+    if curl -fsS --max-time 2 "$ADMIN_URL/readyz" >/dev/null 2>&1; then
+      log "opampd ready (pid $OPAMPD_PID)"
+      return 0
+    fi
+    if ! kill -0 "$OPAMPD_PID" 2>/dev/null; then
+      log "opampd exited; log:"; tail -n 30 "$BENCH_OUT/opampd.log" >&2; exit 1
+    fi
+    sleep 0.5
+  done
+  log "opampd not ready after 90 s"; tail -n 30 "$BENCH_OUT/opampd.log" >&2; exit 1
+}
+
+# Stops only the opampd this script started: SIGTERM, up to 40 s of grace, then SIGKILL.
+stop_opampd() {
+  [ -n "$OPAMPD_PID" ] || return 0
+  if kill -0 "$OPAMPD_PID" 2>/dev/null; then
+    log "stopping opampd (pid $OPAMPD_PID)"
+    kill -TERM "$OPAMPD_PID" 2>/dev/null || true
+    for _ in $(seq 1 80); do kill -0 "$OPAMPD_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$OPAMPD_PID" 2>/dev/null || true
+  fi
+  wait "$OPAMPD_PID" 2>/dev/null || true
+  OPAMPD_PID=
+}
+
+opampd_metrics() { curl -fsS --max-time 5 "$ADMIN_URL/metrics" >"$BENCH_OUT/metrics-$1.txt" 2>/dev/null || true; }
+
+# loadtest NAME ARGS...: one bounded loadtest run; its JSON summary goes to $BENCH_OUT/NAME.json.
+loadtest() {
+  local name=$1; shift
+  local out=$BENCH_OUT/$name.json
+  log "loadtest $name: $*"
+  # The tool stops itself; the outer timeout only guards against a wedged process.
+  timeout --signal=KILL 1800 "$BIN/opampd-loadtest" --target "$TARGET_URL" --json-out "$out" \
+    --connections "$BENCH_CONNECTIONS" --max-in-flight "$BENCH_IN_FLIGHT" --drift-rate "$BENCH_DRIFT" \
+    "$@" >"$BENCH_OUT/$name.txt" 2>"$BENCH_OUT/$name.progress" || true
+  sed -n '/== opampd-loadtest summary ==/,/^PASS\|^FAIL/p' "$BENCH_OUT/$name.txt" >&2
+  [ -s "$out" ] || { log "loadtest $name produced no summary"; tail -n 5 "$BENCH_OUT/$name.progress" >&2; return 1; }
+}
+
+# Open-loop rate sweep: stops at the first rate not sustained (achieved < 97 % of target, any
+# error, p99 over the bound, or a false/missed full state). Sets BEST_RATE and BEST_FILE.
+sweep() {
+  BEST_RATE=0; BEST_FILE=
+  for rate in $BENCH_RATES; do
+    # One full cycle of the agents is their enrollment; leave it out of the steady-state figures.
+    local warm; warm=$(awk -v a="$BENCH_SWEEP_AGENTS" -v r="$rate" -v s="$BENCH_STEP_SECS" \
+      'BEGIN { w = a / r + 1; if (w > s / 2) w = s / 2; printf "%.1f", w }')
+    loadtest "sweep-$rate" --agents "$BENCH_SWEEP_AGENTS" --rate "$rate" --duration "$BENCH_STEP_SECS" \
+      --warmup "$warm" --progress 5 || break
+    local f=$BENCH_OUT/sweep-$rate.json
+    local ok; ok=$(jq --argjson r "$rate" --argjson p "$BENCH_P99_MS" \
+      '(.achieved_rate >= 0.97 * $r) and .errors == 0 and .latency.p99_ms <= $p
+       and .false_full_state == 0 and .missed_full_state == 0' "$f")
+    log "rate $rate: achieved $(jq .achieved_rate "$f") msg/s, p99 $(jq .latency.p99_ms "$f") ms, errors $(jq .errors "$f") -> sustained=$ok"
+    if [ "$ok" = true ]; then BEST_RATE=$(jq .achieved_rate "$f"); BEST_FILE=$f; else break; fi
+  done
+}
+
+# The fleet scenario: BENCH_AGENTS agents at a BENCH_HEARTBEAT s heartbeat; the first heartbeat
+# interval (the enrollment wave) is the warm-up.
+scenario() {
+  local warm=$BENCH_HEARTBEAT
+  if awk -v w="$warm" -v d="$BENCH_SCENARIO_SECS" 'BEGIN { exit !(w >= d) }'; then warm=0; fi
+  loadtest scenario --agents "$BENCH_AGENTS" --heartbeat "$BENCH_HEARTBEAT" --duration "$BENCH_SCENARIO_SECS" \
+    --warmup "$warm" --progress 10
+}
+
+# Sum of sent messages over the given loadtest JSON files.
+messages_in() {
+  local f total=0
+  for f in "$@"; do
+    if [ -s "$f" ]; then total=$((total + $(jq '.sent // 0' "$f"))); fi
+  done
+  echo "$total"
+}
