@@ -1,0 +1,199 @@
+//! The admin listener: liveness, readiness, Prometheus metrics and a read-only agent API.
+//! Bound to localhost by default; it must never be the OpAMP port. Agent JSON is built here by
+//! hand because the core types deliberately carry no serialization.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http::{header, StatusCode};
+use opamp_core::AgentRecord;
+use opamp_proto::v1::{
+    any_value, AgentConfigMap, AnyValue, ComponentDetails, ComponentHealth, KeyValue,
+    PackageStatus,
+};
+use opamp_proto::{agent_caps, InstanceUid};
+use serde_json::{json, Map, Value};
+
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/agents/{uid}", get(agent))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutting_down.get() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    match state.service.store().ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "store not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "store not ready").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn agent(State(state): State<AppState>, Path(uid): Path<String>) -> Response {
+    let Ok(uid) = uid.parse::<InstanceUid>() else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "not a uuid"}))).into_response();
+    };
+    match state.service.store().get(uid).await {
+        Ok(Some(v)) => {
+            let now = state.service.now();
+            let offline_after = state.offline_after.as_millis() as u64;
+            let mut doc = record_json(&v.record, now, offline_after);
+            doc["version"] = json!({"seq_no": v.version.seq_no, "primary_term": v.version.primary_term});
+            Json(doc).into_response()
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": "unknown agent"}))).into_response(),
+        Err(e) => {
+            tracing::warn!(instance_uid = %uid, error = %e, "admin agent read failed");
+            let status = if e.is_transient() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            (status, Json(json!({"error": "store read failed"}))).into_response()
+        }
+    }
+}
+
+/// The admin view of one agent; `status` is as of `now` (so it can read `offline`).
+pub fn record_json(r: &AgentRecord, now: u64, offline_after_ms: u64) -> Value {
+    json!({
+        "instance_uid": r.instance_uid.to_string(),
+        "sequence_num": r.sequence_num,
+        "capabilities": r.capabilities,
+        "capability_names": agent_caps::names(r.capabilities).collect::<Vec<_>>(),
+        "status": r.status_at(now, offline_after_ms).as_str(),
+        "stored_status": r.status.as_str(),
+        "enrolled_at_ms": r.enrolled_at,
+        "last_checkin_ms": r.last_checkin,
+        "agent_description": r.agent_description.as_ref().map(|d| json!({
+            "identifying_attributes": key_values(&d.identifying_attributes),
+            "non_identifying_attributes": key_values(&d.non_identifying_attributes),
+        })),
+        "health": r.health.as_ref().map(health),
+        "effective_config": r.effective_config.as_ref().map(|c| config_map(c.config_map.as_ref())),
+        "remote_config_status": r.remote_config_status.as_ref().map(|s| json!({
+            "last_remote_config_hash": hex(&s.last_remote_config_hash),
+            "status": s.status,
+            "error_message": s.error_message,
+        })),
+        "package_statuses": r.package_statuses.as_ref().map(|p| json!({
+            "packages": p.packages.iter().map(|(k, v)| (k.clone(), package(v))).collect::<Map<_, _>>(),
+            "server_provided_all_packages_hash": hex(&p.server_provided_all_packages_hash),
+            "error_message": p.error_message,
+        })),
+        "custom_capabilities": r.custom_capabilities.as_ref().map(|c| json!(c.capabilities)),
+        "available_components": r.available_components.as_ref().map(|a| json!({
+            "hash": hex(&a.hash),
+            "components": components(&a.components),
+        })),
+        "connection_settings_status": r.connection_settings_status.as_ref().map(|s| json!({
+            "last_connection_settings_hash": hex(&s.last_connection_settings_hash),
+            "status": s.status,
+            "error_message": s.error_message,
+        })),
+    })
+}
+
+fn health(h: &ComponentHealth) -> Value {
+    json!({
+        "healthy": h.healthy,
+        "status": h.status,
+        "last_error": h.last_error,
+        "start_time_unix_nano": h.start_time_unix_nano,
+        "status_time_unix_nano": h.status_time_unix_nano,
+        "attributes": key_values(&h.attributes),
+        "component_health_map": h.component_health_map.iter()
+            .map(|(k, v)| (k.clone(), health(v)))
+            .collect::<Map<_, _>>(),
+    })
+}
+
+fn config_map(m: Option<&AgentConfigMap>) -> Value {
+    let files = m.map(|m| {
+        m.config_map
+            .iter()
+            .map(|(name, f)| {
+                let body = String::from_utf8_lossy(&f.body).into_owned();
+                (name.clone(), json!({"content_type": f.content_type, "body": body}))
+            })
+            .collect::<Map<_, _>>()
+    });
+    json!({ "config_map": files.unwrap_or_default() })
+}
+
+fn package(p: &PackageStatus) -> Value {
+    json!({
+        "name": p.name,
+        "agent_has_version": p.agent_has_version,
+        "agent_has_hash": hex(&p.agent_has_hash),
+        "server_offered_version": p.server_offered_version,
+        "status": p.status,
+        "error_message": p.error_message,
+    })
+}
+
+fn components(c: &std::collections::HashMap<String, ComponentDetails>) -> Value {
+    // sorted for stable output
+    let sorted: BTreeMap<_, _> = c.iter().collect();
+    Value::Object(
+        sorted
+            .into_iter()
+            .map(|(k, d)| {
+                let v = json!({
+                    "metadata": key_values(&d.metadata),
+                    "sub_component_map": components(&d.sub_component_map),
+                });
+                (k.clone(), v)
+            })
+            .collect(),
+    )
+}
+
+fn key_values(kvs: &[KeyValue]) -> Value {
+    Value::Object(
+        kvs.iter().map(|kv| (kv.key.clone(), any_value(kv.value.as_ref()))).collect(),
+    )
+}
+
+fn any_value(v: Option<&AnyValue>) -> Value {
+    use any_value::Value as V;
+    match v.and_then(|v| v.value.as_ref()) {
+        None => Value::Null,
+        Some(V::StringValue(s)) => json!(s),
+        Some(V::BoolValue(b)) => json!(b),
+        Some(V::IntValue(i)) => json!(i),
+        Some(V::DoubleValue(d)) => json!(d),
+        Some(V::ArrayValue(a)) => Value::Array(a.values.iter().map(|v| any_value(Some(v))).collect()),
+        Some(V::KvlistValue(kv)) => key_values(&kv.values),
+        Some(V::BytesValue(b)) => json!(hex(b)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,486 @@
+//! Command line and environment configuration, validated into one typed [`Config`] before any
+//! port is bound. Secrets never appear in `Debug` output or logs.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use url::Url;
+
+/// The exit code for a bad configuration (`EX_USAGE` from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Agents poll every 30 s by default; an idle keep-alive connection must outlive that or the
+/// agent races the server's close (fleet-server's EOF errors at 30 s vs 30 s).
+pub const AGENT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Raw command line, every flag also readable from an `OPAMPD_*` environment variable.
+#[derive(Parser, Clone)]
+#[command(name = "opampd", version, about = "OpAMP server")]
+pub struct Cli {
+    /// Address of the OpAMP listener (/v1/opamp).
+    #[arg(long, env = "OPAMPD_LISTEN", default_value = "0.0.0.0:4320")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin listener (/healthz, /readyz, /metrics, /api).
+    #[arg(long, env = "OPAMPD_ADMIN_LISTEN", default_value = "127.0.0.1:4321")]
+    pub admin_listen: SocketAddr,
+
+    /// Agent store backend.
+    #[arg(long, env = "OPAMPD_STORE", value_enum, default_value = "embedded")]
+    pub store: StoreKind,
+
+    /// Directory of the embedded store.
+    #[arg(long, env = "OPAMPD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Largest accepted message after decompression, e.g. 64MiB, 512KiB, 1048576.
+    #[arg(long, env = "OPAMPD_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    pub max_message_bytes: u64,
+
+    /// Elasticsearch URL (required with --store elasticsearch).
+    #[arg(long, env = "OPAMPD_ES_URL")]
+    pub es_url: Option<String>,
+
+    /// Elasticsearch index holding one document per agent.
+    #[arg(long, env = "OPAMPD_ES_INDEX", default_value = ".fleet-agents")]
+    pub es_index: String,
+
+    /// Elasticsearch API key (prefer the environment variable or --es-api-key-file).
+    #[arg(long, env = "OPAMPD_ES_API_KEY", hide_env_values = true)]
+    pub es_api_key: Option<Secret>,
+
+    /// File holding the Elasticsearch API key.
+    #[arg(long, env = "OPAMPD_ES_API_KEY_FILE")]
+    pub es_api_key_file: Option<PathBuf>,
+
+    /// Elasticsearch user for basic authentication.
+    #[arg(long, env = "OPAMPD_ES_USERNAME")]
+    pub es_username: Option<String>,
+
+    /// Elasticsearch password for basic authentication.
+    #[arg(long, env = "OPAMPD_ES_PASSWORD", hide_env_values = true)]
+    pub es_password: Option<Secret>,
+
+    /// How long a cached agent record is trusted before a fresh read, e.g. 30s.
+    #[arg(long, env = "OPAMPD_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// Most agent records kept in the read cache.
+    #[arg(long, env = "OPAMPD_CACHE_MAX_ENTRIES", default_value_t = 100_000)]
+    pub cache_max_entries: u64,
+
+    /// Most OpAMP requests handled at once; beyond it requests get 503 + Retry-After.
+    #[arg(long, env = "OPAMPD_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// Silence after which an agent reads as offline, e.g. 6m.
+    #[arg(long, env = "OPAMPD_OFFLINE_AFTER", default_value = "6m", value_parser = parse_duration)]
+    pub offline_after: Duration,
+
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT, e.g. 25s.
+    #[arg(long, env = "OPAMPD_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Longest time one OpAMP request may take (body read, store, reply); then 503.
+    #[arg(long, env = "OPAMPD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long an idle keep-alive connection (or a slow request head) is kept; must exceed the
+    /// 30 s agent poll interval.
+    #[arg(long, env = "OPAMPD_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Log output format.
+    #[arg(long, env = "OPAMPD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl fmt::Debug for Cli {
+    // Hand-written so a secret read from a flag can never be printed by `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cli")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("store", &self.store)
+            .field("es_url", &self.es_url)
+            .field("es_api_key", &self.es_api_key)
+            .field("es_password", &self.es_password)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    Embedded,
+    Elasticsearch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A credential: usable through [`Secret::expose`], printed as `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// How opampd authenticates to Elasticsearch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EsAuth {
+    None,
+    ApiKey(Secret),
+    Basic { username: String, password: Secret },
+}
+
+/// Elasticsearch settings, present only with `--store elasticsearch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EsConfig {
+    pub url: Url,
+    pub index: String,
+    pub auth: EsAuth,
+}
+
+/// Which backend to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Embedded { data_dir: PathBuf },
+    Elasticsearch(EsConfig),
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub store: StoreConfig,
+    pub max_message_bytes: usize,
+    pub cache_ttl: Duration,
+    pub cache_max_entries: u64,
+    pub max_in_flight: usize,
+    pub offline_after: Duration,
+    pub shutdown_grace: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Defaults for a server on the embedded store in `data_dir` (tests, embedding).
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let cli = Cli::try_parse_from(["opampd"]).expect("defaults parse");
+        let mut config = cli.into_config().expect("defaults are valid");
+        config.store = StoreConfig::Embedded { data_dir: data_dir.into() };
+        config
+    }
+}
+
+/// Why a configuration was rejected; the message names the flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Cli {
+    /// Checks every value and resolves credentials (reading `--es-api-key-file`).
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err(invalid("--listen and --admin-listen must differ"));
+        }
+        let max_message_bytes = usize::try_from(self.max_message_bytes)
+            .ok()
+            .filter(|n| *n >= 1024)
+            .ok_or_else(|| invalid("--max-message-bytes must be at least 1KiB"))?;
+        if self.max_in_flight == 0 {
+            return Err(invalid("--max-in-flight must be at least 1"));
+        }
+        if self.cache_max_entries == 0 {
+            return Err(invalid("--cache-max-entries must be at least 1"));
+        }
+        if self.cache_ttl.is_zero() {
+            return Err(invalid("--cache-ttl must be positive"));
+        }
+        if self.offline_after.is_zero() {
+            return Err(invalid("--offline-after must be positive"));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(invalid("--request-timeout must be positive"));
+        }
+        if self.idle_timeout <= AGENT_POLL_INTERVAL {
+            return Err(invalid(
+                "--idle-timeout must exceed the 30s agent poll interval (e.g. 90s)",
+            ));
+        }
+        let store = match self.store {
+            StoreKind::Embedded => {
+                if self.data_dir.as_os_str().is_empty() {
+                    return Err(invalid("--data-dir must not be empty"));
+                }
+                StoreConfig::Embedded { data_dir: self.data_dir }
+            }
+            StoreKind::Elasticsearch => StoreConfig::Elasticsearch(self.es_config()?),
+        };
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            store,
+            max_message_bytes,
+            cache_ttl: self.cache_ttl,
+            cache_max_entries: self.cache_max_entries,
+            max_in_flight: self.max_in_flight,
+            offline_after: self.offline_after,
+            shutdown_grace: self.shutdown_grace,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+            log_format: self.log_format,
+        })
+    }
+
+    fn es_config(&self) -> Result<EsConfig, ConfigError> {
+        let raw = self
+            .es_url
+            .as_deref()
+            .ok_or_else(|| invalid("--es-url is required with --store elasticsearch"))?;
+        let url = Url::parse(raw).map_err(|e| invalid(format!("--es-url {raw:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid(format!("--es-url {raw:?}: must be an http(s) url with a host")));
+        }
+        if !url.password().is_none_or(str::is_empty) {
+            return Err(invalid("--es-url must not carry a password; use --es-password"));
+        }
+        if self.es_index.is_empty()
+            || self.es_index.len() > 255
+            || self.es_index.chars().any(|c| c.is_ascii_uppercase() || r#" "*\<|,>/?#:"#.contains(c))
+        {
+            return Err(invalid(format!("--es-index {:?} is not a valid index name", self.es_index)));
+        }
+        let file_key = match &self.es_api_key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(format!("--es-api-key-file {}: {e}", path.display()))
+                })?;
+                let key = text.trim();
+                if key.is_empty() {
+                    return Err(invalid(format!("--es-api-key-file {} is empty", path.display())));
+                }
+                Some(Secret::new(key))
+            }
+            None => None,
+        };
+        if self.es_api_key.is_some() && file_key.is_some() {
+            return Err(invalid("give only one of --es-api-key and --es-api-key-file"));
+        }
+        let api_key = self.es_api_key.clone().or(file_key);
+        let auth = match (api_key, &self.es_username, &self.es_password) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(invalid("give either an api key or a username and password, not both"));
+            }
+            (Some(key), None, None) if key.expose().is_empty() => {
+                return Err(invalid("--es-api-key must not be empty"));
+            }
+            (Some(key), None, None) => EsAuth::ApiKey(key),
+            (None, Some(username), Some(password)) => {
+                EsAuth::Basic { username: username.clone(), password: password.clone() }
+            }
+            (None, Some(_), None) => return Err(invalid("--es-username needs --es-password")),
+            (None, None, Some(_)) => return Err(invalid("--es-password needs --es-username")),
+            (None, None, None) => EsAuth::None,
+        };
+        Ok(EsConfig { url, index: self.es_index.clone(), auth })
+    }
+}
+
+/// Parses a duration: a number with unit `ms`, `s`, `m` or `h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 6m"))?;
+    let per_unit_ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(format!("unknown duration unit {other:?} (use ms, s, m, h)")),
+    };
+    n.checked_mul(per_unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+/// Parses a byte size: a number with optional unit `B`, `KiB`, `MiB`, `GiB` (or `K`, `M`, `G`,
+/// also binary, case-insensitive).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB or 1048576"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["opampd"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("parses").into_config()
+    }
+
+    fn rejected(args: &[&str]) -> String {
+        config(args).expect_err("must be rejected").0
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = config(&[]).expect("valid");
+        assert_eq!(c.listen, "0.0.0.0:4320".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:4321".parse().unwrap());
+        assert_eq!(c.store, StoreConfig::Embedded { data_dir: "./data".into() });
+        assert_eq!(c.max_message_bytes, 64 << 20);
+        assert_eq!(c.offline_after, Duration::from_secs(360));
+        assert!(c.idle_timeout > AGENT_POLL_INTERVAL + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("6m"), Ok(Duration::from_secs(360)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1mib"), Ok(1 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("1TB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_flag_named() {
+        assert!(rejected(&["--max-message-bytes", "10"]).contains("--max-message-bytes"));
+        assert!(rejected(&["--max-in-flight", "0"]).contains("--max-in-flight"));
+        assert!(rejected(&["--idle-timeout", "30s"]).contains("--idle-timeout"));
+        assert!(rejected(&["--offline-after", "0s"]).contains("--offline-after"));
+        assert!(rejected(&["--request-timeout", "0s"]).contains("--request-timeout"));
+        assert!(rejected(&["--cache-max-entries", "0"]).contains("--cache-max-entries"));
+        assert!(
+            rejected(&["--listen", "127.0.0.1:9000", "--admin-listen", "127.0.0.1:9000"])
+                .contains("--admin-listen")
+        );
+    }
+
+    #[test]
+    fn unparsable_flags_are_clap_errors() {
+        assert!(Cli::try_parse_from(["opampd", "--listen", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["opampd", "--store", "postgres"]).is_err());
+        assert!(Cli::try_parse_from(["opampd", "--cache-ttl", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["opampd", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn elasticsearch_needs_a_valid_url() {
+        assert!(rejected(&["--store", "elasticsearch"]).contains("--es-url"));
+        assert!(rejected(&["--store", "elasticsearch", "--es-url", "not a url"]).contains("--es-url"));
+        assert!(rejected(&["--store", "elasticsearch", "--es-url", "ftp://x"]).contains("--es-url"));
+        let c = config(&["--store", "elasticsearch", "--es-url", "http://localhost:9200"]).unwrap();
+        let StoreConfig::Elasticsearch(es) = c.store else { panic!("expected es") };
+        assert_eq!(es.index, ".fleet-agents");
+        assert_eq!(es.auth, EsAuth::None);
+    }
+
+    #[test]
+    fn elasticsearch_credentials_resolve_and_conflict() {
+        let es = ["--store", "elasticsearch", "--es-url", "https://es:9200"];
+        let with = |extra: &[&str]| {
+            let mut v = es.to_vec();
+            v.extend_from_slice(extra);
+            config(&v)
+        };
+        let c = with(&["--es-api-key", "k3y"]).unwrap();
+        let StoreConfig::Elasticsearch(e) = c.store else { panic!("expected es") };
+        assert_eq!(e.auth, EsAuth::ApiKey(Secret::new("k3y")));
+        assert!(with(&["--es-username", "u"]).is_err());
+        assert!(with(&["--es-password", "p"]).is_err());
+        assert!(with(&["--es-api-key", "k", "--es-username", "u", "--es-password", "p"]).is_err());
+        assert!(with(&["--es-index", "Upper"]).is_err());
+        assert!(with(&["--es-api-key-file", "/nonexistent/key"]).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "filekey\n").unwrap();
+        let c = with(&["--es-api-key-file", key.to_str().unwrap()]).unwrap();
+        let StoreConfig::Elasticsearch(e) = c.store else { panic!("expected es") };
+        assert_eq!(e.auth, EsAuth::ApiKey(Secret::new("filekey")));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let cli = Cli::try_parse_from([
+            "opampd",
+            "--store",
+            "elasticsearch",
+            "--es-url",
+            "http://es:9200",
+            "--es-username",
+            "elastic",
+            "--es-password",
+            "hunter2",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2"));
+        let c = cli.into_config().unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+}

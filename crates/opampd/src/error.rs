@@ -1,0 +1,220 @@
+//! Every way an OpAMP request can fail, classified once, with the ONE mapping to an HTTP status
+//! and to an OpAMP `ServerToAgent` error reply. Transports never pick statuses themselves.
+//! Internal details stay in logs; clients get short, fixed texts.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use opamp_proto::v1::ServerToAgent;
+use opamp_proto::Message;
+
+/// The minimum retry delay the OpAMP spec recommends for "unavailable".
+pub const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+pub const PROTOBUF: &str = "application/x-protobuf";
+
+/// A failed OpAMP request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The message cannot be decoded or its `instance_uid` is not 16 bytes: the agent must not
+    /// retry it. Carries the text put into `error_response.error_message`.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Content-Type is not protobuf or Content-Encoding is not one we inflate.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The message (after decompression) exceeds the limit.
+    #[error("message larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// Only POST (and, later, GET with a WebSocket upgrade) exist on /v1/opamp.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A GET without the WebSocket upgrade.
+    #[error("websocket upgrade required")]
+    UpgradeRequired,
+    /// Too many requests in flight, or the store's write queue is full.
+    #[error("overloaded")]
+    Overloaded,
+    /// The store cannot be reached, did not answer in time, or kept losing CAS races.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The store failed in a way retrying will not fix (corrupt record, backend bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RequestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            // 400 rather than 200 + error_response: the failure is visible to load balancers,
+            // access logs and non-OpAMP clients, and OpAMP HTTP clients treat any status other
+            // than 200/429/503 as "drop, do not retry", which is exactly BadRequest's meaning.
+            // The body is still a ServerToAgent with error_response{BadRequest}.
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Self::Overloaded | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The metrics `outcome` label.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::PayloadTooLarge { .. } => "too_large",
+            Self::MethodNotAllowed | Self::UpgradeRequired => "bad_method",
+            Self::Overloaded => "overloaded",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The OpAMP reply for transports that answer in-band (WebSocket), or `None` when the
+    /// failure has no OpAMP form (the request never was an OpAMP message).
+    pub fn server_to_agent(&self, instance_uid: Bytes) -> Option<ServerToAgent> {
+        match self {
+            Self::BadRequest(msg) => Some(opamp_core::bad_request(instance_uid, msg.clone())),
+            Self::PayloadTooLarge { limit } => Some(opamp_core::bad_request(
+                instance_uid,
+                format!("message larger than {limit} bytes"),
+            )),
+            Self::Overloaded | Self::Unavailable(_) => Some(opamp_core::unavailable(
+                instance_uid,
+                "server busy, retry later",
+                RETRY_AFTER.as_nanos() as u64,
+            )),
+            Self::Internal(_) => Some(opamp_core::unavailable(
+                instance_uid,
+                "internal error",
+                RETRY_AFTER.as_nanos() as u64,
+            )),
+            Self::UnsupportedMediaType(_) | Self::MethodNotAllowed | Self::UpgradeRequired => None,
+        }
+    }
+
+    /// The HTTP response. `instance_uid` is echoed in protobuf error bodies when known.
+    pub fn into_http(self, instance_uid: Bytes) -> Response {
+        let status = self.status();
+        let mut resp = match &self {
+            Self::BadRequest(_) => protobuf_body(self.server_to_agent(instance_uid)),
+            Self::UnsupportedMediaType(what) => text_body(format!("unsupported media type: {what}")),
+            Self::PayloadTooLarge { limit } => text_body(format!(
+                "message exceeds the {limit} byte limit (after decompression); do not retry"
+            )),
+            Self::MethodNotAllowed => text_body("use POST, or GET with a websocket upgrade".into()),
+            Self::UpgradeRequired => text_body("websocket upgrade required".into()),
+            Self::Overloaded | Self::Unavailable(_) => {
+                protobuf_body(self.server_to_agent(instance_uid))
+            }
+            // never leak the backend's words
+            Self::Internal(_) => text_body("internal error".into()),
+        };
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        match self {
+            Self::Overloaded | Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+            }
+            Self::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            }
+            Self::UpgradeRequired => {
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl IntoResponse for RequestError {
+    fn into_response(self) -> Response {
+        self.into_http(Bytes::new())
+    }
+}
+
+fn protobuf_body(msg: Option<ServerToAgent>) -> Response {
+    let body = msg.map(|m| m.encode_to_vec()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, PROTOBUF)], body).into_response()
+}
+
+fn text_body(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+impl From<opamp_store::StoreError> for RequestError {
+    fn from(err: opamp_store::StoreError) -> Self {
+        use opamp_store::StoreError as E;
+        match err {
+            E::Overloaded => Self::Overloaded,
+            E::Unavailable(why) => Self::Unavailable(why),
+            // a conflict that escapes the CAS loop means the retries ran out
+            E::Conflict => Self::Unavailable("write contention".into()),
+            E::Corrupt(why) => Self::Internal(format!("corrupt record: {why}")),
+            E::Backend(why) => Self::Internal(why),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opamp_proto::v1::ServerErrorResponseType;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(RequestError::BadRequest("x".into()).status(), 400);
+        assert_eq!(RequestError::UnsupportedMediaType("x".into()).status(), 415);
+        assert_eq!(RequestError::PayloadTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(RequestError::MethodNotAllowed.status(), 405);
+        assert_eq!(RequestError::UpgradeRequired.status(), 426);
+        assert_eq!(RequestError::Overloaded.status(), 503);
+        assert_eq!(RequestError::Unavailable("x".into()).status(), 503);
+        assert_eq!(RequestError::Internal("x".into()).status(), 500);
+    }
+
+    #[test]
+    fn store_errors_classify() {
+        use opamp_store::StoreError as E;
+        assert_eq!(RequestError::from(E::Overloaded), RequestError::Overloaded);
+        assert_eq!(RequestError::from(E::Unavailable("t".into())).status(), 503);
+        assert_eq!(RequestError::from(E::Conflict).status(), 503);
+        assert_eq!(RequestError::from(E::Corrupt("c".into())).status(), 500);
+        assert_eq!(RequestError::from(E::Backend("b".into())).status(), 500);
+    }
+
+    #[test]
+    fn in_band_replies_are_exclusive_errors() {
+        let uid = Bytes::from_static(&[7; 16]);
+        let r = RequestError::Unavailable("es down".into()).server_to_agent(uid.clone()).unwrap();
+        let e = r.error_response.as_ref().unwrap();
+        assert_eq!(e.r#type, ServerErrorResponseType::Unavailable as i32);
+        assert!(!e.error_message.contains("es down"), "backend details must not leak");
+        assert_eq!(r.instance_uid, uid);
+        assert_eq!(r.capabilities, 0);
+        let r = RequestError::BadRequest("bad uid".into()).server_to_agent(uid).unwrap();
+        assert_eq!(
+            r.error_response.unwrap().r#type,
+            ServerErrorResponseType::BadRequest as i32
+        );
+    }
+
+    #[test]
+    fn internal_http_body_hides_details() {
+        let resp = RequestError::Internal("secret backend text".into()).into_http(Bytes::new());
+        assert_eq!(resp.status(), 500);
+    }
+
+    #[test]
+    fn unavailable_has_retry_after() {
+        let resp = RequestError::Overloaded.into_http(Bytes::new());
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "30");
+    }
+}

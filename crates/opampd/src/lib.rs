@@ -1,0 +1,146 @@
+//! opampd as a library: everything but process concerns (flags, signals, exit codes), so tests
+//! start the real server on `127.0.0.1:0` and `main.rs` only wires.
+//!
+//! Module map: [`config`] flags and validation; [`service`] the transport-independent OpAMP
+//! handler; [`http`] the HTTP transport; [`admin`] health, metrics and the agent API;
+//! [`error`] the one place errors become statuses; [`server`] connection handling and
+//! draining; [`store`] opening the configured backend; [`telemetry`] logs and metric names.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opamp_core::ServerConfig;
+use opamp_store::AgentStore;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+pub use config::Config;
+use service::OpampService;
+use state::{AppState, Limits, ShuttingDown};
+
+/// The two bound listeners; binding is the caller's job so tests can use port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    pub opamp: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config`.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            opamp: TcpListener::bind(config.listen).await?,
+            admin: TcpListener::bind(config.admin_listen).await?,
+        })
+    }
+}
+
+/// Why the server stopped unsuccessfully.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("flushing the store at shutdown failed: {0}")]
+    Flush(opamp_store::StoreError),
+    #[error("flushing the store at shutdown timed out")]
+    FlushTimeout,
+}
+
+/// How long the admin listener keeps answering after the OpAMP listener has drained.
+const ADMIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Builds the handler state for `config` over `store`.
+pub fn app_state(config: &Config, store: Arc<dyn AgentStore>) -> AppState {
+    AppState {
+        service: OpampService::new(store, ServerConfig::default(), service::system_clock()),
+        limits: Limits {
+            max_message_bytes: config.max_message_bytes,
+            request_timeout: config.request_timeout,
+        },
+        in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+        shutting_down: ShuttingDown::default(),
+        metrics: telemetry::metrics_handle(),
+        offline_after: config.offline_after,
+    }
+}
+
+/// Serves OpAMP and admin on `listeners` until `shutdown` completes, then stops accepting,
+/// gives in-flight requests `config.shutdown_grace` to finish, and flushes the store.
+pub async fn run(
+    config: &Config,
+    store: Arc<dyn AgentStore>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let state = app_state(config, store.clone());
+    let (stop_opamp, stop_opamp_rx) = watch::channel(false);
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    tracing::info!(
+        listen = %listeners.opamp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin_listen = %listeners.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        max_message_bytes = config.max_message_bytes,
+        max_in_flight = config.max_in_flight,
+        "opampd serving"
+    );
+    let opamp = tokio::spawn(server::serve(
+        "opamp",
+        listeners.opamp,
+        http::router(state.clone()),
+        config.idle_timeout,
+        stop_opamp_rx,
+        config.shutdown_grace,
+    ));
+    let admin = tokio::spawn(server::serve(
+        "admin",
+        listeners.admin,
+        admin::router(state.clone()),
+        config.idle_timeout,
+        stop_admin_rx,
+        ADMIN_GRACE,
+    ));
+    let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone()));
+
+    shutdown.await;
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    state.shutting_down.set();
+    let _ = stop_opamp.send(true);
+    let _ = opamp.await;
+    let _ = stop_admin.send(true);
+    let _ = admin.await;
+    upkeep.abort();
+
+    let flushed = tokio::time::timeout(config.shutdown_grace.max(Duration::from_secs(5)), store.flush()).await;
+    match flushed {
+        Ok(Ok(())) => {
+            tracing::info!("store flushed, bye");
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "store flush failed");
+            Err(RunError::Flush(e))
+        }
+        Err(_) => {
+            tracing::error!("store flush timed out");
+            Err(RunError::FlushTimeout)
+        }
+    }
+}
+
+/// Drains histogram samples into the exporter's buckets even when nobody scrapes, so they do
+/// not pile up in memory.
+async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}

@@ -1,0 +1,165 @@
+//! The transport-independent OpAMP handler: one decoded `AgentToServer` in, one `ServerToAgent`
+//! (or a classified [`RequestError`]) out. HTTP uses it today and WebSocket will reuse it; it
+//! knows nothing of either.
+//!
+//! Correctness hinges on one rule: the reply is computed from the exact stored state the write
+//! was conditioned on. If the conditional write loses a race, the decision is thrown away and
+//! made again against a fresh read.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use opamp_core::{AgentRecord, AgentStatus, ServerConfig, Timestamp};
+use opamp_proto::v1::{AgentToServer, ServerToAgent};
+use opamp_proto::{InstanceUid, Message};
+use opamp_store::{AgentStore, Precondition, StoreError};
+
+use crate::error::RequestError;
+use crate::telemetry;
+
+/// Attempts at the read-decide-write cycle before answering "unavailable". Each lost race means
+/// another writer made progress, so this bounds latency, not correctness.
+pub const MAX_CAS_ATTEMPTS: u32 = 5;
+
+/// Milliseconds since the Unix epoch, the core's notion of time.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+    })
+}
+
+/// Which transport a message came over (the metrics `transport` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    WebSocket,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::WebSocket => "ws",
+        }
+    }
+}
+
+/// Handles OpAMP messages against the store. Cheap to clone (handles only).
+#[derive(Clone)]
+pub struct OpampService {
+    store: Arc<dyn AgentStore>,
+    server: ServerConfig,
+    clock: Clock,
+}
+
+impl fmt::Debug for OpampService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpampService")
+            .field("store", &self.store)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpampService {
+    pub fn new(store: Arc<dyn AgentStore>, server: ServerConfig, clock: Clock) -> Self {
+        Self { store, server, clock }
+    }
+
+    pub fn store(&self) -> &Arc<dyn AgentStore> {
+        &self.store
+    }
+
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// Decodes a protobuf payload; anything undecodable is a BadRequest.
+    pub fn decode(payload: &[u8]) -> Result<AgentToServer, RequestError> {
+        AgentToServer::decode(payload)
+            .map_err(|e| RequestError::BadRequest(format!("malformed AgentToServer: {e}")))
+    }
+
+    /// Encodes a reply, refusing to send one over the message limit.
+    pub fn encode(reply: &ServerToAgent, limit: usize) -> Result<Vec<u8>, RequestError> {
+        let len = reply.encoded_len();
+        if len > limit {
+            tracing::error!(len, limit, "reply exceeds the message limit");
+            return Err(RequestError::Internal(format!("reply of {len} bytes over limit")));
+        }
+        Ok(reply.encode_to_vec())
+    }
+
+    /// Answers one message: validate, read, decide, conditionally write, retry on conflict.
+    pub async fn handle(&self, msg: &AgentToServer) -> Result<ServerToAgent, RequestError> {
+        let uid = opamp_core::validate(msg).map_err(RequestError::BadRequest)?;
+        for attempt in 1..=MAX_CAS_ATTEMPTS {
+            let stored = self.store.get(uid).await.map_err(|e| store_failure(uid, "get", e))?;
+            let (stored, precondition) = match stored {
+                Some(v) => (Some(v.record), Precondition::Version(v.version)),
+                None => (None, Precondition::Absent),
+            };
+            let reason = full_state_reason(stored.as_ref(), msg);
+            let processed = opamp_core::process(
+                stored,
+                uid,
+                msg,
+                self.now(),
+                InstanceUid::new_v7,
+                &self.server,
+            );
+            match self.store.put(&processed.record, precondition).await {
+                Ok(_) => {
+                    if processed.report_full_state {
+                        metrics::counter!(telemetry::REPORT_FULL_STATE_TOTAL, "reason" => reason)
+                            .increment(1);
+                    }
+                    tracing::debug!(
+                        instance_uid = %uid,
+                        sequence_num = msg.sequence_num,
+                        report_full_state = processed.report_full_state,
+                        attempt,
+                        "message applied"
+                    );
+                    return Ok(processed.response);
+                }
+                Err(StoreError::Conflict) => {
+                    metrics::counter!(telemetry::CAS_RETRIES_TOTAL).increment(1);
+                    tracing::debug!(instance_uid = %uid, attempt, "cas conflict, deciding again");
+                }
+                Err(e) => return Err(store_failure(uid, "put", e)),
+            }
+        }
+        tracing::warn!(instance_uid = %uid, attempts = MAX_CAS_ATTEMPTS, "cas retries exhausted");
+        Err(RequestError::Unavailable("write contention".into()))
+    }
+}
+
+fn store_failure(uid: InstanceUid, op: &'static str, err: StoreError) -> RequestError {
+    if err.is_transient() {
+        tracing::warn!(instance_uid = %uid, op, error = %err, "store unavailable");
+    } else {
+        tracing::error!(instance_uid = %uid, op, error = %err, "store failed");
+    }
+    RequestError::from(err)
+}
+
+/// The metrics label for why a reply would carry ReportFullState (only read when it does).
+/// Mirrors the order of the drift rules in opamp-core.
+fn full_state_reason(stored: Option<&AgentRecord>, msg: &AgentToServer) -> &'static str {
+    match stored {
+        None => "new_agent",
+        Some(s) if s.status == AgentStatus::Disconnected && msg.sequence_num == 0 => "reconnect",
+        Some(_) => "sequence_gap",
+    }
+}
+
+/// The `instance_uid` bytes to echo in an error reply (empty when undecodable).
+pub fn echo_uid(msg: Option<&AgentToServer>) -> Bytes {
+    msg.map(|m| m.instance_uid.clone()).unwrap_or_default()
+}

@@ -1,0 +1,44 @@
+//! The handles every handler needs, in one cheap-to-clone struct passed as axum `State`.
+//! Nothing here is global; two servers in one process (tests) share nothing but the metrics
+//! recorder.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+
+use crate::service::OpampService;
+
+/// Per-request bounds of the OpAMP transports.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// Set once when shutdown starts, so `/readyz` turns the load balancer away first.
+#[derive(Debug, Clone, Default)]
+pub struct ShuttingDown(Arc<AtomicBool>);
+
+impl ShuttingDown {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub service: OpampService,
+    pub limits: Limits,
+    /// Permits for OpAMP requests being handled; none left means 503.
+    pub in_flight: Arc<Semaphore>,
+    pub shutting_down: ShuttingDown,
+    pub metrics: PrometheusHandle,
+    pub offline_after: Duration,
+}
