@@ -39,18 +39,22 @@ pub async fn run_all<S: AgentStore>(store: &S) {
     ready_is_ok(store).await;
 }
 
-/// Generates one `#[tokio::test]` per conformance case. `$make` is an async fn (or closure
-/// returning a future) that builds a store for one test; the caller's crate needs `tokio` with
-/// the `macros` and `rt-multi-thread` features.
+/// Generates one `#[tokio::test]` per conformance case, each on a fresh fixture. The caller's
+/// crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 ///
 /// ```ignore
-/// async fn store() -> EmbeddedStore { /* ... */ }
-/// opamp_store::conformance_tests!(store);
+/// // The expression is evaluated inside each (async) test and must yield a store:
+/// opamp_store::conformance_tests!(make_store().await);
+/// // Or a fixture that owns more (a temp dir, a client), with how to reach its store:
+/// opamp_store::conformance_tests!(Fixture::new().await, |f| &f.store);
 /// ```
 #[macro_export]
 macro_rules! conformance_tests {
-    ($make:expr) => {
-        $crate::conformance_tests!(@cases $make;
+    ($fixture:expr) => {
+        $crate::conformance_tests!($fixture, |store| &store);
+    };
+    ($fixture:expr, |$f:ident| $store:expr) => {
+        $crate::conformance_tests!(@cases ($fixture, $f, $store);
             get_of_unknown_uid_is_none,
             create_then_get_returns_record_and_version,
             create_twice_conflicts,
@@ -66,12 +70,12 @@ macro_rules! conformance_tests {
             ready_is_ok,
         );
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+    (@cases ($fixture:expr, $f:ident, $store:expr); $($case:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let store = ($make)().await;
-                $crate::conformance::$case(&store).await;
+                let $f = $fixture;
+                $crate::conformance::$case($store).await;
             }
         )*
     };

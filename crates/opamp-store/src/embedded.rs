@@ -1,1 +1,419 @@
-//! placeholder: embedded (being written)
+//! The single-node backend: agent records in a redb file on local disk, with the same
+//! compare-and-swap semantics as Elasticsearch and group commit (one fsync per batch of writes,
+//! not per message).
+//!
+//! Writes go through one bounded queue to one writer task, which applies a batch of CAS checks
+//! in a single redb write transaction and commits it once. Reads are redb read transactions on
+//! the blocking pool, so neither path blocks the async runtime on disk I/O. Not for sharing
+//! between processes: redb locks the file for one writer.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use opamp_core::AgentRecord;
+use opamp_proto::InstanceUid;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::{AgentStore, Precondition, StoreError, Version, Versioned, codec};
+
+/// uid bytes -> 8-byte big-endian `seq_no` followed by the [`codec`] encoding. Byte-array keys
+/// sort like the canonical uuid strings, so listing order matches Elasticsearch's `_id` order.
+const AGENTS: TableDefinition<'static, [u8; 16], &[u8]> = TableDefinition::new("agents");
+
+/// The embedded store has a single writer forever, so the term never changes; only `seq_no`
+/// moves. Fixed and non-zero so a made-up `Version::default()`-like value never matches.
+const PRIMARY_TERM: u64 = 1;
+
+/// File name inside the store directory.
+const FILE_NAME: &str = "agents.redb";
+
+/// Tuning of [`EmbeddedStore`].
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// Writes waiting for the writer; beyond this `put` fails fast with
+    /// [`StoreError::Overloaded`] rather than queueing without bound.
+    pub queue_capacity: usize,
+    /// Most writes applied in one transaction (one fsync).
+    pub max_batch: usize,
+    /// How long the writer lingers after the first queued write to gather more before
+    /// committing. Small: it adds to every write's latency when the store is idle.
+    pub max_batch_wait: Duration,
+    /// redb page cache, in bytes.
+    pub cache_size_bytes: usize,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 16_384,
+            max_batch: 512,
+            max_batch_wait: Duration::from_millis(2),
+            cache_size_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Agent records in a redb file, see the [module docs](self).
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    queue: mpsc::Sender<Op>,
+    writer: JoinHandle<()>,
+    commits: Arc<AtomicU64>,
+    path: PathBuf,
+}
+
+/// One queued write, answered only after the batch holding it is committed.
+#[derive(Debug)]
+enum Op {
+    Put {
+        uid: [u8; 16],
+        bytes: Vec<u8>,
+        precondition: Precondition,
+        reply: oneshot::Sender<Result<Version, StoreError>>,
+    },
+    /// Answered once every write queued before it is committed.
+    Flush { reply: oneshot::Sender<Result<(), StoreError>> },
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in directory `dir` with default tuning.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, EmbeddedConfig::default()).await
+    }
+
+    /// Opens (or creates) the store in directory `dir`. Must be called inside a tokio runtime:
+    /// it starts the writer task.
+    pub async fn open_with(
+        dir: impl AsRef<Path>,
+        config: EmbeddedConfig,
+    ) -> Result<Self, StoreError> {
+        if config.queue_capacity == 0 || config.max_batch == 0 {
+            return Err(StoreError::Backend(
+                "queue_capacity and max_batch must be positive".into(),
+            ));
+        }
+        let dir = dir.as_ref().to_path_buf();
+        let path = dir.join(FILE_NAME);
+        let open_path = path.clone();
+        let cache = config.cache_size_bytes;
+        // Opening may repair a file after a crash: disk work, off the runtime.
+        let db = tokio::task::spawn_blocking(move || -> Result<Database, StoreError> {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            let db = Database::builder().set_cache_size(cache).create(&open_path).map_err(|e| {
+                StoreError::Unavailable(format!("cannot open {}: {e}", open_path.display()))
+            })?;
+            // Create the table up front so readers never see "no such table".
+            let txn = db.begin_write().map_err(backend)?;
+            txn.open_table(AGENTS).map_err(backend)?;
+            txn.commit().map_err(backend)?;
+            Ok(db)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))??;
+
+        let db = Arc::new(db);
+        let (queue, rx) = mpsc::channel(config.queue_capacity);
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(writer_loop(db.clone(), rx, config, commits.clone()));
+        tracing::info!(path = %path.display(), "embedded store open");
+        Ok(Self { db, queue, writer, commits, path })
+    }
+
+    /// Committed write transactions so far: with group commit, fewer than the writes.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Commits every queued write, stops the writer and releases the file, so the same directory
+    /// can be opened again. Dropping the store also commits what is queued, but without waiting.
+    pub async fn close(self) -> Result<(), StoreError> {
+        let Self { db, queue, writer, path, .. } = self;
+        drop(queue);
+        writer.await.map_err(|e| StoreError::Backend(format!("writer task failed: {e}")))?;
+        drop(db);
+        tracing::info!(path = %path.display(), "embedded store closed");
+        Ok(())
+    }
+
+    /// Runs a read transaction on the blocking pool: redb reads may touch the disk.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadOnlyTable<[u8; 16], &[u8]>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(AGENTS).map_err(backend)?;
+            f(&table)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+fn backend(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(e.into().to_string())
+}
+
+/// Splits a stored value into its `seq_no` and record bytes.
+fn split_value(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    let (seq, rest) = value
+        .split_first_chunk::<8>()
+        .ok_or_else(|| StoreError::Corrupt(format!("stored value of {} bytes", value.len())))?;
+    Ok((u64::from_be_bytes(*seq), rest))
+}
+
+fn join_value(seq_no: u64, record: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + record.len());
+    value.extend_from_slice(&seq_no.to_be_bytes());
+    value.extend_from_slice(record);
+    value
+}
+
+fn versioned(value: &[u8]) -> Result<Versioned, StoreError> {
+    let (seq_no, bytes) = split_value(value)?;
+    Ok(Versioned {
+        record: codec::decode(bytes)?,
+        version: Version { seq_no, primary_term: PRIMARY_TERM },
+    })
+}
+
+#[async_trait]
+impl AgentStore for EmbeddedStore {
+    async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+        let key = *uid.as_bytes();
+        self.read(move |table| match table.get(key).map_err(backend)? {
+            Some(value) => versioned(value.value()).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        record: &AgentRecord,
+        precondition: Precondition,
+    ) -> Result<Version, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let op = Op::Put {
+            uid: *record.instance_uid.as_bytes(),
+            bytes: codec::encode(record),
+            precondition,
+            reply,
+        };
+        self.queue.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("opampd_store_overloaded_total", "backend" => "embedded")
+                    .increment(1);
+                StoreError::Overloaded
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                StoreError::Unavailable("store writer stopped".into())
+            }
+        })?;
+        answer.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        if self.queue.is_closed() {
+            return Err(StoreError::Unavailable("store writer stopped".into()));
+        }
+        self.read(|_| Ok(())).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        // Waits for queue space rather than failing: a flush (shutdown) must not be shed.
+        self.queue
+            .send(Op::Flush { reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+
+    async fn list(
+        &self,
+        after: Option<InstanceUid>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let lower = match after {
+            Some(uid) => Bound::Excluded(*uid.as_bytes()),
+            None => Bound::Unbounded,
+        };
+        self.read(move |table| {
+            let mut records = Vec::with_capacity(limit.min(1024));
+            for entry in table.range::<[u8; 16]>((lower, Bound::Unbounded)).map_err(backend)? {
+                let (_, value) = entry.map_err(backend)?;
+                records.push(versioned(value.value())?.record);
+                if records.len() == limit {
+                    break;
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+}
+
+/// The one writer: gathers a batch, applies it in one transaction, commits once, answers each
+/// caller. Ends when every sender is gone, after committing what was queued.
+async fn writer_loop(
+    db: Arc<Database>,
+    mut rx: mpsc::Receiver<Op>,
+    config: EmbeddedConfig,
+    commits: Arc<AtomicU64>,
+) {
+    let mut batch: Vec<Op> = Vec::with_capacity(config.max_batch);
+    loop {
+        let Some(first) = rx.recv().await else { break };
+        batch.push(first);
+        gather(&mut rx, &mut batch, &config).await;
+
+        let ops = std::mem::take(&mut batch);
+        let db = db.clone();
+        let started = Instant::now();
+        // A commit is an fsync: blocking pool. The next batch queues up meanwhile.
+        let outcome = tokio::task::spawn_blocking(move || commit_batch(&db, ops)).await;
+        match outcome {
+            Ok((answers, committed)) => {
+                if let Ok(size) = committed {
+                    commits.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("opampd_store_commits_total", "backend" => "embedded")
+                        .increment(1);
+                    metrics::histogram!("opampd_store_batch_size", "backend" => "embedded")
+                        .record(size as f64);
+                    metrics::histogram!("opampd_store_commit_seconds", "backend" => "embedded")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                for answer in answers {
+                    answer.send();
+                }
+            }
+            // The ops (and their reply senders) were lost with the panicked task: callers see
+            // their reply channel closed and get Unavailable.
+            Err(e) => tracing::error!(error = %e, "embedded store commit task failed"),
+        }
+        batch = Vec::with_capacity(config.max_batch);
+    }
+    tracing::debug!("embedded store writer stopped");
+}
+
+/// Adds queued ops to `batch` until it is full or `max_batch_wait` has passed since it started.
+async fn gather(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, config: &EmbeddedConfig) {
+    let deadline = tokio::time::Instant::now() + config.max_batch_wait;
+    while batch.len() < config.max_batch {
+        // Take what is already queued without waiting first: under load the batch fills here.
+        match rx.try_recv() {
+            Ok(op) => {
+                batch.push(op);
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(op)) => batch.push(op),
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// A reply to send once the batch's fate is known.
+enum Answer {
+    Put(oneshot::Sender<Result<Version, StoreError>>, Result<Version, StoreError>),
+    Flush(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+}
+
+impl Answer {
+    fn send(self) {
+        // A caller that gave up (dropped its future) no longer wants the answer; the write
+        // itself stands, as it would in Elasticsearch.
+        match self {
+            Self::Put(tx, r) => drop(tx.send(r)),
+            Self::Flush(tx, r) => drop(tx.send(r)),
+        }
+    }
+
+    /// The whole transaction failed: no write of the batch happened.
+    fn fail(self, err: &StoreError) -> Self {
+        match self {
+            Self::Put(tx, _) => Self::Put(tx, Err(err.clone())),
+            Self::Flush(tx, _) => Self::Flush(tx, Err(err.clone())),
+        }
+    }
+}
+
+/// Applies `ops` in order in one write transaction and commits it. Returns each op's answer and
+/// the number of writes committed (or why nothing was). Ops for the same uid see each other's effect, as if run one by one.
+fn commit_batch(db: &Database, ops: Vec<Op>) -> (Vec<Answer>, Result<usize, StoreError>) {
+    let mut answers = Vec::with_capacity(ops.len());
+    let mut writes = 0;
+    let result = (|| -> Result<(), StoreError> {
+        let mut txn = db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        {
+            let mut table = txn.open_table(AGENTS).map_err(backend)?;
+            for op in ops {
+                match op {
+                    Op::Put { uid, bytes, precondition, reply } => {
+                        let current = table
+                            .get(uid)
+                            .map_err(backend)?
+                            .map(|value| split_value(value.value()).map(|(seq, _)| seq));
+                        let outcome = match (precondition, current) {
+                            (_, Some(Err(corrupt))) => Err(corrupt),
+                            (Precondition::Absent, None) => Ok(1),
+                            (Precondition::Version(v), Some(Ok(seq)))
+                                if v.primary_term == PRIMARY_TERM && v.seq_no == seq =>
+                            {
+                                Ok(seq + 1)
+                            }
+                            _ => Err(StoreError::Conflict),
+                        };
+                        let outcome = match outcome {
+                            Ok(seq_no) => {
+                                table
+                                    .insert(uid, join_value(seq_no, &bytes).as_slice())
+                                    .map_err(backend)?;
+                                writes += 1;
+                                Ok(Version { seq_no, primary_term: PRIMARY_TERM })
+                            }
+                            Err(e) => {
+                                if e == StoreError::Conflict {
+                                    metrics::counter!("opampd_store_conflicts_total", "backend" => "embedded")
+                                        .increment(1);
+                                }
+                                Err(e)
+                            }
+                        };
+                        answers.push(Answer::Put(reply, outcome));
+                    }
+                    Op::Flush { reply } => answers.push(Answer::Flush(reply, Ok(()))),
+                }
+            }
+        }
+        txn.commit().map_err(backend)
+    })();
+    match result {
+        Ok(()) => (answers, Ok(writes)),
+        Err(err) => {
+            tracing::error!(error = %err, "embedded store commit failed");
+            // Ops not yet turned into answers when the error hit were dropped with the closure;
+            // their callers see a closed reply channel (Unavailable).
+            (answers.into_iter().map(|a| a.fail(&err)).collect(), Err(err))
+        }
+    }
+}
