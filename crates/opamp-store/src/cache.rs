@@ -1,1 +1,181 @@
-//! placeholder: cache (being written)
+//! A read-through cache layer over any [`AgentStore`], so an agent that keeps reporting to the
+//! same instance costs no backend read per message.
+//!
+//! A cached entry may be stale (another instance wrote the agent): that is safe because every
+//! write is a compare-and-swap against the cached version, which then fails with
+//! [`StoreError::Conflict`]; the failure evicts the entry, so the caller's re-read goes to the
+//! backend. Absence is never cached: an agent enrolled through another instance must be seen at
+//! once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use opamp_core::AgentRecord;
+use opamp_proto::InstanceUid;
+
+use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
+
+/// Tuning of [`CachedStore`].
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// How long an entry may serve reads after it was written or read from the backend. Longer
+    /// than the agents' heartbeat, or every heartbeat misses; staleness is caught by the CAS.
+    pub ttl: Duration,
+    /// Most agents held; the least recently used beyond it are evicted.
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(120), max_entries: 100_000 }
+    }
+}
+
+/// Hits and misses since the cache was built (also exported as metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// `inner` behind a moka cache, see the [module docs](self).
+pub struct CachedStore<S> {
+    inner: S,
+    cache: Cache<InstanceUid, Versioned>,
+    counters: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for CachedStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("inner", &self.inner)
+            .field("entries", &self.cache.entry_count())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// True if `a` was written after `b`. Elasticsearch bumps `_seq_no` on every write to a shard and
+/// `_primary_term` on every primary change; the embedded store keeps the term fixed.
+fn newer(a: Version, b: Version) -> bool {
+    (a.primary_term, a.seq_no) > (b.primary_term, b.seq_no)
+}
+
+impl<S> CachedStore<S> {
+    /// The wrapped store (e.g. to close it after a flush).
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<S: AgentStore> CachedStore<S> {
+    pub fn new(inner: S, config: CacheConfig) -> Self {
+        let cache =
+            Cache::builder().max_capacity(config.max_entries).time_to_live(config.ttl).build();
+        Self { inner, cache, counters: Counters::default() }
+    }
+
+    /// Caches `fresh` unless the cache already holds a later version: a read that raced with a
+    /// local write must not put the older record back.
+    async fn remember(&self, fresh: Versioned) {
+        self.cache
+            .entry(fresh.record.instance_uid)
+            .and_compute_with(|cached| {
+                let op = match cached {
+                    Some(entry) if !newer(fresh.version, entry.value().version) => Op::Nop,
+                    _ => Op::Put(fresh),
+                };
+                std::future::ready(op)
+            })
+            .await;
+    }
+}
+
+#[async_trait]
+impl<S: AgentStore> AgentStore for CachedStore<S> {
+    async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+        if let Some(hit) = self.cache.get(&uid).await {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("opampd_cache_hits_total").increment(1);
+            return Ok(Some(hit));
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("opampd_cache_misses_total").increment(1);
+        let read = self.inner.get(uid).await?;
+        if let Some(fresh) = &read {
+            self.remember(fresh.clone()).await;
+        }
+        Ok(read)
+    }
+
+    async fn put(
+        &self,
+        record: &AgentRecord,
+        precondition: Precondition,
+    ) -> Result<Version, StoreError> {
+        match self.inner.put(record, precondition).await {
+            Ok(version) => {
+                self.remember(Versioned { record: record.clone(), version }).await;
+                Ok(version)
+            }
+            Err(err) => {
+                // A conflict means the cached version is stale (or another writer just won);
+                // any other failure leaves the stored state unknown (a timed-out write may have
+                // applied). Either way, the next read must come from the backend.
+                self.cache.invalidate(&record.instance_uid).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.inner.ready().await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush().await
+    }
+
+    /// Straight from the backend: listings are for admins and must show the stored truth.
+    async fn list(
+        &self,
+        after: Option<InstanceUid>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
+        self.inner.list(after, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_seq_no_or_term_is_newer() {
+        let v = |primary_term, seq_no| Version { seq_no, primary_term };
+        assert!(newer(v(1, 2), v(1, 1)));
+        assert!(!newer(v(1, 1), v(1, 1)));
+        assert!(!newer(v(1, 1), v(1, 2)));
+        assert!(newer(v(2, 0), v(1, 99)), "a new primary term outranks any older seq_no");
+    }
+}
