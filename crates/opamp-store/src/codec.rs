@@ -76,25 +76,41 @@ fn status_from_code(code: u32) -> Option<AgentStatus> {
 }
 
 /// The stored bytes of `record`.
+///
+/// Written field by field from borrowed parts rather than through a [`StoredAgent`], which would
+/// deep-copy every sub-message on each write; a test pins the bytes to [`StoredAgent`]'s.
 pub fn encode(record: &AgentRecord) -> Vec<u8> {
-    StoredAgent {
-        schema_version: SCHEMA_VERSION,
-        instance_uid: record.instance_uid.as_bytes().to_vec(),
-        sequence_num: record.sequence_num,
-        capabilities: record.capabilities,
-        status: status_code(record.status),
-        enrolled_at: record.enrolled_at,
-        last_checkin: record.last_checkin,
-        agent_description: record.agent_description.clone(),
-        health: record.health.clone(),
-        effective_config: record.effective_config.clone(),
-        remote_config_status: record.remote_config_status.clone(),
-        package_statuses: record.package_statuses.clone(),
-        custom_capabilities: record.custom_capabilities.clone(),
-        available_components: record.available_components.clone(),
-        connection_settings_status: record.connection_settings_status.clone(),
+    use prost::encoding::{bytes, message, uint32, uint64};
+
+    fn scalar(tag: u32, value: u64, buf: &mut Vec<u8>) {
+        // proto3 leaves zero scalars out; so do we, to stay byte-identical.
+        if value != 0 {
+            uint64::encode(tag, &value, buf);
+        }
     }
-    .encode_to_vec()
+    fn sub<M: Message>(tag: u32, value: &Option<M>, buf: &mut Vec<u8>) {
+        if let Some(m) = value {
+            message::encode(tag, m, buf);
+        }
+    }
+
+    let mut buf = Vec::with_capacity(256);
+    uint32::encode(1, &SCHEMA_VERSION, &mut buf);
+    bytes::encode(2, &record.instance_uid.as_bytes().to_vec(), &mut buf);
+    scalar(3, record.sequence_num, &mut buf);
+    scalar(4, record.capabilities, &mut buf);
+    uint32::encode(5, &status_code(record.status), &mut buf);
+    scalar(6, record.enrolled_at, &mut buf);
+    scalar(7, record.last_checkin, &mut buf);
+    sub(8, &record.agent_description, &mut buf);
+    sub(9, &record.health, &mut buf);
+    sub(10, &record.effective_config, &mut buf);
+    sub(11, &record.remote_config_status, &mut buf);
+    sub(12, &record.package_statuses, &mut buf);
+    sub(13, &record.custom_capabilities, &mut buf);
+    sub(14, &record.available_components, &mut buf);
+    sub(15, &record.connection_settings_status, &mut buf);
+    buf
 }
 
 /// The record stored as `bytes`, or [`StoreError::Corrupt`] if they are not a record this
@@ -135,6 +151,40 @@ pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
 mod tests {
     use super::*;
     use crate::conformance::{full_record, minimal_record};
+
+    /// The schema message, built the slow way, as the reference for [`encode`].
+    fn reference(record: &AgentRecord) -> Vec<u8> {
+        StoredAgent {
+            schema_version: SCHEMA_VERSION,
+            instance_uid: record.instance_uid.as_bytes().to_vec(),
+            sequence_num: record.sequence_num,
+            capabilities: record.capabilities,
+            status: status_code(record.status),
+            enrolled_at: record.enrolled_at,
+            last_checkin: record.last_checkin,
+            agent_description: record.agent_description.clone(),
+            health: record.health.clone(),
+            effective_config: record.effective_config.clone(),
+            remote_config_status: record.remote_config_status.clone(),
+            package_statuses: record.package_statuses.clone(),
+            custom_capabilities: record.custom_capabilities.clone(),
+            available_components: record.available_components.clone(),
+            connection_settings_status: record.connection_settings_status.clone(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn encoding_is_the_schema_message() {
+        let mut zeros = minimal_record(InstanceUid::new_v7());
+        zeros.capabilities = 0;
+        zeros.enrolled_at = 0;
+        for record in
+            [full_record(InstanceUid::new_v7()), minimal_record(InstanceUid::new_v7()), zeros]
+        {
+            assert_eq!(encode(&record), reference(&record));
+        }
+    }
 
     #[test]
     fn full_record_round_trips() {
