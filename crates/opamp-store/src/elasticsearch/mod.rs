@@ -1,0 +1,556 @@
+//! The Elasticsearch backend: one document per agent, realtime reads by id (batched into
+//! `_mget`), compare-and-swap writes group-committed into `_bulk`.
+//!
+//! Shared by every opampd instance; correctness across instances rests on `if_seq_no` /
+//! `if_primary_term` alone, never on local state. Nothing here searches on the hot path or
+//! forces a refresh per write. Submodules: [`config`] (settings, client), [`document`] (the JSON
+//! document and mapping), `writer` (group commit), `reader` (`_mget` batching).
+
+pub mod config;
+pub mod document;
+mod reader;
+mod writer;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use elasticsearch::cluster::ClusterHealthParts;
+use elasticsearch::indices::{
+    IndicesCreateParts, IndicesExistsParts, IndicesPutMappingParts, IndicesRefreshParts,
+};
+use elasticsearch::{Elasticsearch, SearchParts};
+use opamp_core::AgentRecord;
+use opamp_proto::InstanceUid;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tracing::info;
+
+pub use config::{DEFAULT_INDEX, EsAuth, EsConfig};
+
+use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
+
+/// Agent state in Elasticsearch. Cheap to clone (a handle); the background batchers stop once
+/// every clone is dropped and what they hold is answered.
+#[derive(Clone)]
+pub struct ElasticsearchStore {
+    shared: Arc<Shared>,
+    writes: mpsc::Sender<writer::WriteOp>,
+    reads: mpsc::Sender<reader::ReadOp>,
+}
+
+/// What the store and its batcher tasks share. Holds no sender, so tasks never keep the
+/// store's queues open.
+pub(crate) struct Shared {
+    cfg: EsConfig,
+    client: Elasticsearch,
+    stats: Stats,
+    /// Set once the index exists with our mapping (or we learnt it cannot be changed).
+    index_ready: AtomicBool,
+    /// Serializes index setup so concurrent first writes do not all create it.
+    index_setup: Mutex<()>,
+    /// Writes accepted and not yet answered, for `flush`.
+    outstanding: AtomicUsize,
+    drained: Notify,
+}
+
+/// Held by each accepted write until it is answered or dropped.
+pub(crate) struct Ticket(Arc<Shared>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.0.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// Counters since the store was built (also exported as `metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EsStats {
+    /// `_bulk` requests sent.
+    pub bulk_requests: u64,
+    /// Items in those requests.
+    pub bulk_items: u64,
+    /// Items answered 409.
+    pub conflicts: u64,
+    /// `_mget` requests sent.
+    pub mget_requests: u64,
+    /// Single realtime `GET`s sent.
+    pub get_requests: u64,
+    /// Writes and reads refused because a queue was full.
+    pub shed: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    bulk_requests: AtomicU64,
+    bulk_items: AtomicU64,
+    conflicts: AtomicU64,
+    mget_requests: AtomicU64,
+    get_requests: AtomicU64,
+    shed: AtomicU64,
+}
+
+impl Stats {
+    fn record_bulk(&self, items: usize, took: Duration) {
+        self.bulk_requests.fetch_add(1, Ordering::Relaxed);
+        self.bulk_items.fetch_add(items as u64, Ordering::Relaxed);
+        metrics::counter!("opampd_es_bulk_requests_total").increment(1);
+        metrics::counter!("opampd_es_bulk_items_total").increment(items as u64);
+        metrics::histogram!("opampd_es_bulk_size").record(items as f64);
+        metrics::histogram!("opampd_es_bulk_duration_seconds").record(took.as_secs_f64());
+    }
+
+    fn record_conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("opampd_es_conflicts_total").increment(1);
+    }
+
+    fn record_read(&self, ids: usize, took: Duration) {
+        if ids == 1 {
+            self.get_requests.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("opampd_es_get_requests_total").increment(1);
+        } else {
+            self.mget_requests.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("opampd_es_mget_requests_total").increment(1);
+            metrics::histogram!("opampd_es_mget_size").record(ids as f64);
+        }
+        metrics::histogram!("opampd_es_read_duration_seconds").record(took.as_secs_f64());
+    }
+
+    fn record_shed(&self, what: &'static str) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("opampd_es_shed_total", "op" => what).increment(1);
+    }
+}
+
+impl ElasticsearchStore {
+    /// Builds the store and starts its batchers without contacting Elasticsearch (so a server
+    /// can start while ES is down; [`ready`](AgentStore::ready) reports it). The index is set up
+    /// by the first write or `ready`, or eagerly by [`connect`](Self::connect).
+    /// Must be called inside a tokio runtime.
+    pub fn new(cfg: EsConfig) -> Result<Self, StoreError> {
+        cfg.validate()?;
+        let client = cfg.client()?;
+        let (write_tx, write_rx) = mpsc::channel(cfg.queue_capacity);
+        let (read_tx, read_rx) = mpsc::channel(cfg.read_queue_capacity);
+        let shared = Arc::new(Shared {
+            cfg,
+            client,
+            stats: Stats::default(),
+            index_ready: AtomicBool::new(false),
+            index_setup: Mutex::new(()),
+            outstanding: AtomicUsize::new(0),
+            drained: Notify::new(),
+        });
+        tokio::spawn(writer::run(shared.clone(), write_rx));
+        tokio::spawn(reader::run(shared.clone(), read_rx));
+        Ok(Self { shared, writes: write_tx, reads: read_tx })
+    }
+
+    /// [`new`](Self::new), then makes sure the index exists with opampd's mapping.
+    pub async fn connect(cfg: EsConfig) -> Result<Self, StoreError> {
+        let store = Self::new(cfg)?;
+        store.shared.ensure_index_once().await?;
+        info!(url = %store.shared.cfg.redacted_url(), index = %store.shared.cfg.index, "elasticsearch store ready");
+        Ok(store)
+    }
+
+    /// The settings this store runs with.
+    pub fn config(&self) -> &EsConfig {
+        &self.shared.cfg
+    }
+
+    /// Request and item counters since this store was built.
+    pub fn stats(&self) -> EsStats {
+        let s = &self.shared.stats;
+        EsStats {
+            bulk_requests: s.bulk_requests.load(Ordering::Relaxed),
+            bulk_items: s.bulk_items.load(Ordering::Relaxed),
+            conflicts: s.conflicts.load(Ordering::Relaxed),
+            mget_requests: s.mget_requests.load(Ordering::Relaxed),
+            get_requests: s.get_requests.load(Ordering::Relaxed),
+            shed: s.shed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The underlying client (tests and admin tools: e.g. to inspect the index).
+    pub fn client(&self) -> &Elasticsearch {
+        &self.shared.client
+    }
+
+    /// One `_bulk` entry: the action line (create for enrollment, CAS index otherwise) and
+    /// the document. Built by the caller's task so serialization is spread over callers.
+    fn entry(record: &AgentRecord, precondition: Precondition) -> (Arc<str>, Bytes) {
+        let id: Arc<str> = record.instance_uid.to_string().into();
+        let action = match precondition {
+            Precondition::Absent => json!({ "create": { "_id": &*id } }),
+            Precondition::Version(v) => json!({ "index": {
+                "_id": &*id, "if_seq_no": v.seq_no, "if_primary_term": v.primary_term
+            } }),
+        };
+        let source = document::to_source(record, now_ms());
+        let mut buf = BytesMut::with_capacity(source.len() + 128);
+        // Writing JSON into a BytesMut writer cannot fail.
+        let _ = serde_json::to_writer((&mut buf).writer(), &action);
+        buf.put_u8(b'\n');
+        buf.put_slice(&source);
+        buf.put_u8(b'\n');
+        (id, buf.freeze())
+    }
+}
+
+impl Shared {
+    /// Creates the index with our mapping if missing; on an existing index adds our mapping
+    /// where allowed. Only a failure to reach ES is an error: an index whose mapping cannot be
+    /// changed (the `.fleet-agents` system index) is used as it is.
+    async fn ensure_index_once(&self) -> Result<(), StoreError> {
+        if self.index_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let timeout = self.cfg.request_timeout;
+        // Holding this across awaits is the point: one setup at a time. It is a tokio mutex
+        // and guards no data.
+        let _setup = tokio::time::timeout(timeout, self.index_setup.lock())
+            .await
+            .map_err(|_| StoreError::Unavailable("index setup timed out".into()))?;
+        if self.index_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        tokio::time::timeout(timeout, self.setup_index())
+            .await
+            .map_err(|_| StoreError::Unavailable("index setup timed out".into()))??;
+        self.index_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn setup_index(&self) -> Result<(), StoreError> {
+        let index = self.cfg.index.as_str();
+        let exists = self
+            .client
+            .indices()
+            .exists(IndicesExistsParts::Index(&[index]))
+            .send()
+            .await
+            .map_err(transport_error)?
+            .status_code()
+            .as_u16();
+        match exists {
+            404 => {
+                let response = self
+                    .client
+                    .indices()
+                    .create(IndicesCreateParts::Index(index))
+                    .body(json!({ "settings": document::settings(), "mappings": document::mappings() }))
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                let status = response.status_code().as_u16();
+                let text = response.text().await.unwrap_or_default();
+                if (200..300).contains(&status) {
+                    info!(index, "created elasticsearch index");
+                    Ok(())
+                } else if text.contains("resource_already_exists_exception") {
+                    // Another instance created it in the meantime.
+                    Ok(())
+                } else {
+                    Err(status_error(status, &text))
+                }
+            }
+            200..=299 => {
+                let response = self
+                    .client
+                    .indices()
+                    .put_mapping(IndicesPutMappingParts::Index(&[index]))
+                    .body(document::mappings())
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                let status = response.status_code().as_u16();
+                if !(200..300).contains(&status) {
+                    let text = response.text().await.unwrap_or_default();
+                    // System indices refuse mapping changes; their own mapping indexes the fleet
+                    // fields already, and the state blob needs no mapping.
+                    info!(index, status, reason = %error_reason(&text), "index mapping left unchanged");
+                }
+                Ok(())
+            }
+            status => Err(status_error(status, "")),
+        }
+    }
+}
+
+#[async_trait]
+impl AgentStore for ElasticsearchStore {
+    async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        match self.reads.try_send(reader::ReadOp { uid, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.stats.record_shed("get");
+                return Err(StoreError::Overloaded);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(StoreError::Unavailable("store is shut down".into()));
+            }
+        }
+        await_answer(answer, self.shared.cfg.request_timeout + self.shared.cfg.mget_max_wait).await
+    }
+
+    async fn put(
+        &self,
+        record: &AgentRecord,
+        precondition: Precondition,
+    ) -> Result<Version, StoreError> {
+        let (id, entry) = Self::entry(record, precondition);
+        let (reply, answer) = oneshot::channel();
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        let op = writer::WriteOp { id, entry, reply, _ticket: Ticket(self.shared.clone()) };
+        match self.writes.try_send(op) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.stats.record_shed("put");
+                return Err(StoreError::Overloaded);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(StoreError::Unavailable("store is shut down".into()));
+            }
+        }
+        await_answer(answer, self.shared.cfg.request_timeout + self.shared.cfg.bulk_max_wait).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let timeout = self.shared.cfg.ready_timeout;
+        let probe = async {
+            let response = self
+                .shared
+                .client
+                .cluster()
+                .health(ClusterHealthParts::None)
+                .request_timeout(timeout)
+                .send()
+                .await
+                .map_err(transport_error)?;
+            let status = response.status_code().as_u16();
+            if !(200..300).contains(&status) {
+                let text = response.text().await.unwrap_or_default();
+                return Err(status_error(status, &text));
+            }
+            let health: Value = response
+                .json()
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("unreadable cluster health: {e}")))?;
+            match health.get("status").and_then(Value::as_str) {
+                Some("green" | "yellow") => Ok(()),
+                other => Err(StoreError::Unavailable(format!(
+                    "cluster health is {}",
+                    other.unwrap_or("unknown")
+                ))),
+            }
+        };
+        tokio::time::timeout(timeout, probe)
+            .await
+            .map_err(|_| StoreError::Unavailable("cluster health timed out".into()))??;
+        // A server started while ES was down sets the index up on its first ready probe.
+        tokio::time::timeout(timeout, self.shared.ensure_index_once())
+            .await
+            .map_err(|_| StoreError::Unavailable("index setup timed out".into()))?
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let wait = async {
+            loop {
+                let drained = self.shared.drained.notified();
+                tokio::pin!(drained);
+                // Registered before the check, so a drain between the two is not missed.
+                drained.as_mut().enable();
+                if self.shared.outstanding.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                drained.await;
+            }
+        };
+        // Every accepted write is answered within its own timeout; a little slack for the batch.
+        let bound = self.shared.cfg.request_timeout * 2 + self.shared.cfg.bulk_max_wait;
+        tokio::time::timeout(bound, wait)
+            .await
+            .map_err(|_| StoreError::Unavailable("flush timed out".into()))
+    }
+
+    /// Admin listing by `_search` sorted on `agent.id` (equal to `_id`, which ES does not sort
+    /// on). Refreshes first so it sees recent writes; not for the hot path.
+    async fn list(
+        &self,
+        after: Option<InstanceUid>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
+        let timeout = self.shared.cfg.request_timeout;
+        tokio::time::timeout(timeout, self.list_inner(after, limit))
+            .await
+            .map_err(|_| StoreError::Unavailable("list timed out".into()))?
+    }
+}
+
+impl ElasticsearchStore {
+    async fn list_inner(
+        &self,
+        after: Option<InstanceUid>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index = self.shared.cfg.index.as_str();
+        let client = &self.shared.client;
+        let refresh = client
+            .indices()
+            .refresh(IndicesRefreshParts::Index(&[index]))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        if !refresh.status_code().is_success() && refresh.status_code().as_u16() != 404 {
+            let status = refresh.status_code().as_u16();
+            let text = refresh.text().await.unwrap_or_default();
+            return Err(status_error(status, &text));
+        }
+        let mut out = Vec::with_capacity(limit.min(10_000));
+        let mut cursor = after.map(|uid| uid.to_string());
+        // Pages are at most this big whatever `limit` is; ES refuses windows over 10k.
+        let page = limit.min(1_000);
+        while out.len() < limit {
+            let mut body = json!({
+                "size": page,
+                "query": { "bool": { "filter": [ { "term": { "type": "OPAMP" } } ] } },
+                "sort": [ { "agent.id": "asc" } ],
+                "_source": [document::READ_SOURCE_FIELDS],
+                "track_total_hits": false,
+            });
+            if let Some(c) = &cursor {
+                body["search_after"] = json!([c]);
+            }
+            let response = client
+                .search(SearchParts::Index(&[index]))
+                .body(body)
+                .send()
+                .await
+                .map_err(transport_error)?;
+            let status = response.status_code().as_u16();
+            if status == 404 {
+                break;
+            }
+            if !(200..300).contains(&status) {
+                let text = response.text().await.unwrap_or_default();
+                return Err(status_error(status, &text));
+            }
+            let body: Value = response
+                .json()
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("unreadable search response: {e}")))?;
+            let hits =
+                body.pointer("/hits/hits").and_then(Value::as_array).cloned().unwrap_or_default();
+            for hit in &hits {
+                let Some(id) = hit.get("_id").and_then(Value::as_str) else { continue };
+                cursor = Some(id.to_owned());
+                let source = hit.get("_source").unwrap_or(&Value::Null);
+                // Other OPAMP documents (written by fleet-server) share the index: skip them.
+                if source.get("opampd").is_none() {
+                    continue;
+                }
+                let uid: InstanceUid = id
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("document id {id}: {e}")))?;
+                out.push(document::from_source(source, uid)?);
+                if out.len() == limit {
+                    break;
+                }
+            }
+            if hits.len() < page {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for ElasticsearchStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ElasticsearchStore")
+            .field("url", &self.shared.cfg.redacted_url().as_str())
+            .field("index", &self.shared.cfg.index)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn await_answer<T>(
+    answer: oneshot::Receiver<Result<T, StoreError>>,
+    bound: Duration,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(bound, answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(StoreError::Unavailable("store stopped before answering".into())),
+        Err(_) => Err(StoreError::Unavailable("elasticsearch did not answer in time".into())),
+    }
+}
+
+/// A failed request (no HTTP answer) is always transient.
+fn transport_error(err: elasticsearch::Error) -> StoreError {
+    if err.is_timeout() {
+        StoreError::Unavailable("elasticsearch request timed out".into())
+    } else {
+        StoreError::Unavailable(format!("elasticsearch unreachable: {err}"))
+    }
+}
+
+/// An HTTP error answer from Elasticsearch, classified once.
+fn status_error(status: u16, body: &str) -> StoreError {
+    let reason = error_reason(body);
+    match status {
+        409 => StoreError::Conflict,
+        429 => StoreError::Overloaded,
+        500..=599 => StoreError::Unavailable(format!("elasticsearch answered {status}: {reason}")),
+        _ => StoreError::Backend(format!("elasticsearch answered {status}: {reason}")),
+    }
+}
+
+/// `type: reason` of an ES error body, or a bounded prefix of whatever it is.
+fn error_reason(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    match error {
+        Some(Value::Object(e)) => format!(
+            "{}: {}",
+            e.get("type").and_then(Value::as_str).unwrap_or("unknown"),
+            e.get("reason").and_then(Value::as_str).unwrap_or("")
+        ),
+        Some(Value::String(s)) => s.clone(),
+        _ => body.chars().take(200).collect(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_are_classified_once() {
+        assert_eq!(status_error(409, ""), StoreError::Conflict);
+        assert_eq!(status_error(429, ""), StoreError::Overloaded);
+        assert!(matches!(status_error(503, "x"), StoreError::Unavailable(_)));
+        assert!(matches!(status_error(400, "{}"), StoreError::Backend(_)));
+        let body = r#"{"error":{"type":"illegal_argument_exception","reason":"bad"},"status":400}"#;
+        assert_eq!(
+            status_error(400, body),
+            StoreError::Backend(
+                "elasticsearch answered 400: illegal_argument_exception: bad".into()
+            )
+        );
+    }
+}

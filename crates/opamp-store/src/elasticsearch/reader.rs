@@ -1,0 +1,200 @@
+//! Read batching: concurrent cache-miss reads share one realtime `_mget` (a lone read is a plain
+//! realtime `GET`), each document routed back to the callers that asked for it.
+//!
+//! Reads are by `_id` only, realtime, so a read sees every acknowledged write without a refresh.
+//! Never a `_search` here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use elasticsearch::{GetParts, MgetParts};
+use opamp_proto::InstanceUid;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::debug;
+
+use super::document::{self, READ_SOURCE_FIELDS};
+use super::{Shared, status_error, transport_error};
+use crate::{StoreError, Version, Versioned};
+
+pub(super) type ReadResult = Result<Option<Versioned>, StoreError>;
+
+pub(super) struct ReadOp {
+    pub uid: InstanceUid,
+    pub reply: oneshot::Sender<ReadResult>,
+}
+
+/// Runs until every sender is dropped; requests already sent finish in their own tasks.
+pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadOp>) {
+    let permits = Arc::new(Semaphore::new(shared.cfg.mgets_in_flight));
+    let max_items = shared.cfg.mget_max_items;
+    while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + shared.cfg.mget_max_wait;
+        // Waiting for a slot first lets the batch grow while ES is busy.
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let mut batch: HashMap<InstanceUid, Vec<oneshot::Sender<ReadResult>>> = HashMap::new();
+        batch.entry(first.uid).or_default().push(first.reply);
+        while batch.len() < max_items {
+            let next = match rx.try_recv() {
+                Ok(op) => Some(op),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            let Some(op) = next else { break };
+            batch.entry(op.uid).or_default().push(op.reply);
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let uids: Vec<InstanceUid> = batch.keys().copied().collect();
+            let results = fetch(&shared, &uids).await;
+            for (uid, result) in uids.iter().zip(results) {
+                for reply in batch.remove(uid).unwrap_or_default() {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        });
+    }
+    debug!(index = %shared.cfg.index, "elasticsearch reader stopped");
+}
+
+/// One result per uid, in order; a whole-request failure is every uid's failure.
+async fn fetch(shared: &Shared, uids: &[InstanceUid]) -> Vec<ReadResult> {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(shared.cfg.request_timeout, async {
+        if let [uid] = uids {
+            get_one(shared, *uid).await.map(|r| vec![r])
+        } else {
+            get_many(shared, uids).await
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(StoreError::Unavailable("read timed out".into())));
+    shared.stats.record_read(uids.len(), started.elapsed());
+    match outcome {
+        Ok(results) => results,
+        Err(err) => vec![Err(err); uids.len()],
+    }
+}
+
+async fn get_one(shared: &Shared, uid: InstanceUid) -> Result<ReadResult, StoreError> {
+    let id = uid.to_string();
+    let response = shared
+        .client
+        .get(GetParts::IndexId(&shared.cfg.index, &id))
+        .realtime(true)
+        ._source_includes(&[READ_SOURCE_FIELDS])
+        .request_timeout(shared.cfg.request_timeout)
+        .send()
+        .await
+        .map_err(transport_error)?;
+    let status = response.status_code().as_u16();
+    // 404 is both "no such document" and "no such index": either way the agent is unknown.
+    if status == 404 {
+        return Ok(Ok(None));
+    }
+    if !(200..300).contains(&status) {
+        let text = response.text().await.unwrap_or_default();
+        return Err(status_error(status, &text));
+    }
+    let doc: Value = response
+        .json()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("unreadable get response: {e}")))?;
+    Ok(parse_doc(&doc, uid))
+}
+
+async fn get_many(shared: &Shared, uids: &[InstanceUid]) -> Result<Vec<ReadResult>, StoreError> {
+    let ids: Vec<String> = uids.iter().map(ToString::to_string).collect();
+    let response = shared
+        .client
+        .mget(MgetParts::Index(&shared.cfg.index))
+        .realtime(true)
+        ._source_includes(&[READ_SOURCE_FIELDS])
+        .request_timeout(shared.cfg.request_timeout)
+        .body(json!({ "ids": ids }))
+        .send()
+        .await
+        .map_err(transport_error)?;
+    let status = response.status_code().as_u16();
+    if !(200..300).contains(&status) {
+        let text = response.text().await.unwrap_or_default();
+        return Err(status_error(status, &text));
+    }
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("unreadable mget response: {e}")))?;
+    let docs = body.get("docs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if docs.len() != uids.len() {
+        return Err(StoreError::Backend(format!(
+            "mget answered {} docs for {} ids",
+            docs.len(),
+            uids.len()
+        )));
+    }
+    Ok(docs.iter().zip(uids).map(|(doc, uid)| parse_doc(doc, *uid)).collect())
+}
+
+/// A GET response or one `_mget` doc: found -> record and version, not found -> `None`.
+fn parse_doc(doc: &Value, uid: InstanceUid) -> ReadResult {
+    if let Some(error) = doc.get("error") {
+        let kind = error.get("type").and_then(Value::as_str).unwrap_or("unknown");
+        // A missing index only means no agent was ever written there.
+        if kind == "index_not_found_exception" {
+            return Ok(None);
+        }
+        let reason = error.get("reason").and_then(Value::as_str).unwrap_or("");
+        return Err(StoreError::Backend(format!("read of {uid} failed: {kind}: {reason}")));
+    }
+    if doc.get("_id").and_then(Value::as_str).is_some_and(|id| id != uid.to_string()) {
+        return Err(StoreError::Backend(format!("read of {uid} answered for another id")));
+    }
+    if doc.get("found").and_then(Value::as_bool) != Some(true) {
+        return Ok(None);
+    }
+    let seq_no = doc.get("_seq_no").and_then(Value::as_u64);
+    let primary_term = doc.get("_primary_term").and_then(Value::as_u64);
+    let (Some(seq_no), Some(primary_term)) = (seq_no, primary_term) else {
+        return Err(StoreError::Backend(format!("read of {uid} has no version")));
+    };
+    let source = doc.get("_source").unwrap_or(&Value::Null);
+    let record = document::from_source(source, uid)?;
+    Ok(Some(Versioned { record, version: Version { seq_no, primary_term } }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_odd_docs_do_not_panic() {
+        let uid = InstanceUid::from_bytes([1; 16]);
+        let id = uid.to_string();
+        assert_eq!(parse_doc(&json!({"_id": id, "found": false}), uid), Ok(None));
+        assert_eq!(
+            parse_doc(&json!({"_id": id, "error": {"type": "index_not_found_exception"}}), uid),
+            Ok(None)
+        );
+        assert!(matches!(
+            parse_doc(&json!({"_id": id, "error": {"type": "x"}}), uid),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(
+            parse_doc(&json!({"_id": id, "found": true}), uid),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(
+            parse_doc(&json!({"_id": id, "found": true, "_seq_no": 1, "_primary_term": 1}), uid),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            parse_doc(&json!({"_id": "other", "found": true}), uid),
+            Err(StoreError::Backend(_))
+        ));
+        assert_eq!(parse_doc(&json!(null), uid), Ok(None));
+    }
+}

@@ -1,0 +1,352 @@
+//! Group commit: concurrent writes coalesced into `_bulk` requests, every item's outcome routed
+//! back to its caller.
+//!
+//! One dispatcher task owns the batch being filled; it never waits on Elasticsearch itself (each
+//! `_bulk` runs in its own task, at most `bulks_in_flight` at once). A document has at most one
+//! item per bulk and at most one bulk in flight, so two writes to one agent reach Elasticsearch
+//! in the order they were accepted. Everything the dispatcher holds is bounded.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use elasticsearch::BulkParts;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep_until;
+use tracing::{debug, warn};
+
+use super::{Shared, Ticket, status_error, transport_error};
+use crate::{StoreError, Version};
+
+/// Fields of a `_bulk` response routing needs; the rest is not even sent back.
+const BULK_FILTER: &[&str] = &[
+    "items.*._id",
+    "items.*.status",
+    "items.*._seq_no",
+    "items.*._primary_term",
+    "items.*.error.type",
+    "items.*.error.reason",
+];
+
+pub(super) type WriteResult = Result<Version, StoreError>;
+
+/// One accepted write: its NDJSON lines (action and source) and where its outcome goes.
+pub(super) struct WriteOp {
+    pub id: Arc<str>,
+    pub entry: Bytes,
+    pub reply: oneshot::Sender<WriteResult>,
+    /// Released when the op is answered or dropped, so `flush` can wait for it.
+    pub _ticket: Ticket,
+}
+
+/// The batch being filled: unique ids, none of them in flight.
+struct Batch {
+    ops: Vec<WriteOp>,
+    ids: HashSet<Arc<str>>,
+    started: Option<Instant>,
+}
+
+impl Batch {
+    fn push(&mut self, op: WriteOp) {
+        self.started.get_or_insert_with(Instant::now);
+        self.ids.insert(op.id.clone());
+        self.ops.push(op);
+    }
+
+    fn take(&mut self) -> Vec<WriteOp> {
+        self.ids.clear();
+        self.started = None;
+        std::mem::take(&mut self.ops)
+    }
+}
+
+/// Dispatcher state besides the batch: ops that must wait, and ids with a bulk in flight.
+struct Dispatcher {
+    shared: Arc<Shared>,
+    batch: Batch,
+    /// Ops that cannot join the batch yet (their id is busy or already in it, or it is full),
+    /// in arrival order.
+    deferred: VecDeque<WriteOp>,
+    /// How many deferred ops each id has, so a newer op never overtakes an older one.
+    deferred_ids: HashMap<Arc<str>, usize>,
+    busy: HashSet<Arc<str>>,
+    in_flight: usize,
+}
+
+impl Dispatcher {
+    fn admit(&mut self, op: WriteOp) {
+        let free = !self.busy.contains(&op.id)
+            && !self.batch.ids.contains(&op.id)
+            && !self.deferred_ids.contains_key(&op.id)
+            && self.batch.ops.len() < self.shared.cfg.bulk_max_items;
+        if free {
+            self.batch.push(op);
+        } else {
+            *self.deferred_ids.entry(op.id.clone()).or_default() += 1;
+            self.deferred.push_back(op);
+        }
+    }
+
+    /// Moves deferred ops that may go now into the batch, keeping per-id order.
+    fn refill(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let max = self.shared.cfg.bulk_max_items;
+        let mut blocked: HashSet<Arc<str>> = HashSet::new();
+        let mut keep = VecDeque::with_capacity(self.deferred.len());
+        for op in self.deferred.drain(..) {
+            let can_go = self.batch.ops.len() < max
+                && !self.busy.contains(&op.id)
+                && !self.batch.ids.contains(&op.id)
+                && !blocked.contains(&op.id);
+            if can_go {
+                if let Some(n) = self.deferred_ids.get_mut(&op.id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.deferred_ids.remove(&op.id);
+                    }
+                }
+                self.batch.push(op);
+            } else {
+                blocked.insert(op.id.clone());
+                keep.push_back(op);
+            }
+        }
+        self.deferred = keep;
+    }
+
+    fn held(&self) -> usize {
+        self.batch.ops.len() + self.deferred.len()
+    }
+}
+
+/// Runs until every sender is dropped and every accepted write is answered.
+pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>) {
+    let max_in_flight = shared.cfg.bulks_in_flight;
+    let max_wait = shared.cfg.bulk_max_wait;
+    // Room for one full batch per bulk slot plus the one being filled; the channel behind it
+    // is the real queue, so load beyond this is shed by `put`, not held here.
+    let hold_max = shared.cfg.bulk_max_items * (max_in_flight + 1);
+    // Each bulk task sends exactly one message, and at most `max_in_flight` run at once.
+    let (done_tx, mut done_rx) = mpsc::channel::<Vec<Arc<str>>>(max_in_flight);
+    let mut d = Dispatcher {
+        shared,
+        batch: Batch { ops: Vec::new(), ids: HashSet::new(), started: None },
+        deferred: VecDeque::new(),
+        deferred_ids: HashMap::new(),
+        busy: HashSet::new(),
+        in_flight: 0,
+    };
+    let mut closed = false;
+    loop {
+        while d.in_flight < max_in_flight && !d.batch.ops.is_empty() {
+            let due = d.batch.ops.len() >= d.shared.cfg.bulk_max_items
+                || closed
+                || d.batch.started.is_some_and(|s| s.elapsed() >= max_wait);
+            if !due {
+                break;
+            }
+            let ops = d.batch.take();
+            d.busy.extend(ops.iter().map(|op| op.id.clone()));
+            d.in_flight += 1;
+            let done = DoneGuard {
+                tx: done_tx.clone(),
+                ids: ops.iter().map(|op| op.id.clone()).collect(),
+            };
+            tokio::spawn(send_bulk(d.shared.clone(), ops, done));
+            d.refill();
+        }
+        if closed && d.held() == 0 && d.in_flight == 0 {
+            break;
+        }
+        let deadline = d.batch.started.map(|s| (s + max_wait).into());
+        let can_recv = !closed && d.held() < hold_max;
+        tokio::select! {
+            biased;
+            Some(ids) = done_rx.recv() => {
+                for id in ids {
+                    d.busy.remove(&id);
+                }
+                d.in_flight -= 1;
+                d.refill();
+            }
+            op = rx.recv(), if can_recv => match op {
+                Some(op) => {
+                    d.admit(op);
+                    // Take what is already queued without a wakeup per op.
+                    while d.held() < hold_max {
+                        match rx.try_recv() {
+                            Ok(op) => d.admit(op),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => closed = true,
+            },
+            () = sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if deadline.is_some() && d.in_flight < max_in_flight => {}
+        }
+    }
+    debug!(index = %d.shared.cfg.index, "elasticsearch writer stopped");
+}
+
+/// Tells the dispatcher a bulk is over, also if its task panics or is cancelled.
+struct DoneGuard {
+    tx: mpsc::Sender<Vec<Arc<str>>>,
+    ids: Vec<Arc<str>>,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        // Cannot be full: the channel has a slot per bulk in flight.
+        let _ = self.tx.try_send(std::mem::take(&mut self.ids));
+    }
+}
+
+async fn send_bulk(shared: Arc<Shared>, ops: Vec<WriteOp>, done: DoneGuard) {
+    let started = Instant::now();
+    let outcome = execute(&shared, &ops).await;
+    shared.stats.record_bulk(ops.len(), started.elapsed());
+    match outcome {
+        Ok(results) => {
+            for (op, result) in ops.into_iter().zip(results) {
+                if result == Err(StoreError::Conflict) {
+                    shared.stats.record_conflict();
+                }
+                let _ = op.reply.send(result);
+            }
+        }
+        Err(err) => {
+            warn!(index = %shared.cfg.index, items = ops.len(), error = %err, "elasticsearch bulk failed");
+            for op in ops {
+                let _ = op.reply.send(Err(err.clone()));
+            }
+        }
+    }
+    drop(done);
+}
+
+/// Sends one `_bulk` and classifies every item; `Err` means no item can be trusted.
+async fn execute(shared: &Shared, ops: &[WriteOp]) -> Result<Vec<WriteResult>, StoreError> {
+    shared.ensure_index_once().await?;
+    let mut body = BytesMut::with_capacity(ops.iter().map(|op| op.entry.len()).sum());
+    for op in ops {
+        body.extend_from_slice(&op.entry);
+    }
+    let request = async {
+        let response = shared
+            .client
+            .bulk(BulkParts::Index(&shared.cfg.index))
+            .filter_path(BULK_FILTER)
+            .request_timeout(shared.cfg.request_timeout)
+            .body(vec![body.freeze()])
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status_code();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(status_error(status.as_u16(), &text));
+        }
+        response
+            .json::<Value>()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("unreadable bulk response: {e}")))
+    };
+    let response = tokio::time::timeout(shared.cfg.request_timeout, request)
+        .await
+        .map_err(|_| StoreError::Unavailable("bulk request timed out".into()))??;
+    route_items(&response, ops)
+}
+
+/// Pairs response items with ops by position (ES answers in request order) and checks the id.
+fn route_items(response: &Value, ops: &[WriteOp]) -> Result<Vec<WriteResult>, StoreError> {
+    let items =
+        response.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if items.len() != ops.len() {
+        return Err(StoreError::Backend(format!(
+            "bulk response has {} items for {} operations",
+            items.len(),
+            ops.len()
+        )));
+    }
+    Ok(items.iter().zip(ops).map(|(item, op)| item_result(item, &op.id)).collect())
+}
+
+/// One item's outcome: 200/201 -> the new version, 409 -> conflict, 429 -> overloaded,
+/// 5xx -> unavailable, anything else -> backend error.
+fn item_result(item: &Value, id: &str) -> WriteResult {
+    // Each item is `{"<op type>": {...}}`.
+    let Some(inner) = item.as_object().and_then(|o| o.values().next()) else {
+        return Err(StoreError::Backend("malformed bulk item".into()));
+    };
+    if inner.get("_id").and_then(Value::as_str) != Some(id) {
+        return Err(StoreError::Backend(format!("bulk item answered for another id than {id}")));
+    }
+    let status = inner.get("status").and_then(Value::as_u64).unwrap_or(0);
+    match status {
+        200 | 201 => {
+            let seq_no = inner.get("_seq_no").and_then(Value::as_u64);
+            let primary_term = inner.get("_primary_term").and_then(Value::as_u64);
+            match (seq_no, primary_term) {
+                (Some(seq_no), Some(primary_term)) => Ok(Version { seq_no, primary_term }),
+                _ => Err(StoreError::Backend(format!("bulk item for {id} has no version"))),
+            }
+        }
+        409 => Err(StoreError::Conflict),
+        _ => {
+            let error = inner.get("error");
+            let kind =
+                error.and_then(|e| e.get("type")).and_then(Value::as_str).unwrap_or("unknown");
+            let reason = error.and_then(|e| e.get("reason")).and_then(Value::as_str).unwrap_or("");
+            let err = match status {
+                429 => StoreError::Overloaded,
+                500..=599 => StoreError::Unavailable(format!("{status} {kind}: {reason}")),
+                _ => StoreError::Backend(format!("{status} {kind}: {reason}")),
+            };
+            if !err.is_transient() {
+                warn!(instance_uid = %id, status, error_type = kind, reason, "elasticsearch refused write");
+            }
+            Err(err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn item_statuses_are_classified() {
+        let item = |status: u64| {
+            json!({"index": {"_id": "a", "status": status, "_seq_no": 5, "_primary_term": 2,
+            "error": {"type": "t", "reason": "r"}}})
+        };
+        assert_eq!(item_result(&item(200), "a"), Ok(Version { seq_no: 5, primary_term: 2 }));
+        assert_eq!(item_result(&item(201), "a"), Ok(Version { seq_no: 5, primary_term: 2 }));
+        assert_eq!(item_result(&item(409), "a"), Err(StoreError::Conflict));
+        assert_eq!(item_result(&item(429), "a"), Err(StoreError::Overloaded));
+        assert!(matches!(item_result(&item(503), "a"), Err(StoreError::Unavailable(_))));
+        assert!(matches!(item_result(&item(400), "a"), Err(StoreError::Backend(_))));
+        assert!(matches!(item_result(&item(200), "b"), Err(StoreError::Backend(_))));
+    }
+
+    #[test]
+    fn odd_items_do_not_panic() {
+        for odd in [
+            json!(null),
+            json!({}),
+            json!([]),
+            json!({"index": null}),
+            json!({"create": {"_id": "a"}}),
+            json!({"index": {"_id": "a", "status": 200}}),
+            json!({"index": {"_id": "a", "status": "200"}}),
+        ] {
+            assert!(item_result(&odd, "a").is_err(), "{odd}");
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The Elasticsearch backend against a real Elasticsearch (`OPAMPD_TEST_ES_URL`, set by
+//! scripts/test.sh): the shared conformance suite, group commit, error routing, the index
+//! mapping and the document as plain ES sees it. No mock of Elasticsearch anywhere.
+
+use std::time::{Duration, Instant};
+
+use elasticsearch::indices::{IndicesDeleteParts, IndicesGetMappingParts};
+use elasticsearch::{Elasticsearch, GetParts, IndexParts};
+use opamp_core::AgentStatus;
+use opamp_proto::InstanceUid;
+use opamp_store::conformance::{self, full_record, minimal_record};
+use opamp_store::elasticsearch::{DEFAULT_INDEX, ElasticsearchStore, EsConfig};
+use opamp_store::{AgentStore, Precondition, StoreError};
+use serde_json::{Value, json};
+
+/// The test cluster's URL, or `None` (with a loud line) when the suite must be skipped.
+fn es_url() -> Option<url::Url> {
+    match std::env::var("OPAMPD_TEST_ES_URL") {
+        Ok(url) if !url.is_empty() => Some(url.parse().expect("OPAMPD_TEST_ES_URL is not a url")),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("OPAMPD_TEST_ES_URL must point at a running Elasticsearch; run scripts/test.sh")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPING elasticsearch tests: OPAMPD_TEST_ES_URL is not set (scripts/test.sh sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// A store on a fresh index that is deleted by [`TestIndex::delete`].
+struct TestIndex {
+    store: ElasticsearchStore,
+    name: String,
+}
+
+impl TestIndex {
+    async fn new(tweak: impl FnOnce(&mut EsConfig)) -> Option<Self> {
+        let mut cfg = EsConfig::new(es_url()?);
+        cfg.index = format!("opampd-test-{}", InstanceUid::new_v7());
+        tweak(&mut cfg);
+        let name = cfg.index.clone();
+        let store = ElasticsearchStore::connect(cfg).await.expect("connect to test elasticsearch");
+        Some(Self { store, name })
+    }
+
+    async fn delete(self) {
+        let response = self
+            .store
+            .client()
+            .indices()
+            .delete(IndicesDeleteParts::Index(&[&self.name]))
+            .send()
+            .await
+            .expect("delete test index");
+        assert!(
+            response.status_code().is_success(),
+            "delete test index: {}",
+            response.status_code()
+        );
+    }
+}
+
+async fn raw_get(client: &Elasticsearch, index: &str, id: &str) -> Value {
+    let response = client.get(GetParts::IndexId(index, id)).send().await.expect("raw get");
+    response.json().await.expect("raw get json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_passes_on_a_fresh_index() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    conformance::run_all(&t.store).await;
+    t.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_passes_on_the_fleet_agents_system_index() {
+    let Some(url) = es_url() else { return };
+    let cfg = EsConfig::new(url);
+    assert_eq!(cfg.index, DEFAULT_INDEX);
+    let store = ElasticsearchStore::connect(cfg).await.expect("connect with the default index");
+    conformance::run_all(&store).await;
+    // Fresh uids only, and the system index is never deleted: other tools own it.
+    let record = full_record(InstanceUid::new_v7());
+    store.put(&record, Precondition::Absent).await.expect("create in .fleet-agents");
+    let doc = raw_get(store.client(), DEFAULT_INDEX, &record.instance_uid.to_string()).await;
+    assert_eq!(doc["_index"], ".fleet-agents-7");
+    assert_eq!(doc["_source"]["type"], "OPAMP");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_coalesces_concurrent_puts() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    const N: usize = 300;
+    let records: Vec<_> = (0..N).map(|_| minimal_record(InstanceUid::new_v7())).collect();
+    let before = t.store.stats();
+    let results =
+        futures::future::join_all(records.iter().map(|r| t.store.put(r, Precondition::Absent)))
+            .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let stats = t.store.stats();
+    let bulks = stats.bulk_requests - before.bulk_requests;
+    assert_eq!(stats.bulk_items - before.bulk_items, N as u64);
+    assert!(bulks * 10 <= N as u64, "{N} concurrent puts took {bulks} bulk requests");
+
+    // Concurrent cache-miss reads are batched the same way.
+    let before = t.store.stats();
+    let reads =
+        futures::future::join_all(records.iter().map(|r| t.store.get(r.instance_uid))).await;
+    for (record, read) in records.iter().zip(reads) {
+        assert_eq!(read.expect("read").expect("found").record, *record);
+    }
+    let stats = t.store.stats();
+    let requests =
+        stats.mget_requests + stats.get_requests - before.mget_requests - before.get_requests;
+    assert!(requests * 10 <= N as u64, "{N} concurrent reads took {requests} requests");
+    t.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_one_document_in_flight_are_answered_in_order() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let mut record = minimal_record(InstanceUid::new_v7());
+    let v0 = t.store.put(&record, Precondition::Absent).await.expect("create");
+    record.sequence_num = 1;
+    let mut second = record.clone();
+    second.sequence_num = 2;
+    // Both are accepted before either is answered (join polls the first one first), and both
+    // are decided against v0: the first accepted must win, the second must lose.
+    let (first, later) = futures::join!(
+        t.store.put(&record, Precondition::Version(v0)),
+        t.store.put(&second, Precondition::Version(v0)),
+    );
+    let v1 = first.expect("first write wins");
+    assert_eq!(later, Err(StoreError::Conflict));
+    assert_eq!(t.store.get(record.instance_uid).await.unwrap().unwrap().record.sequence_num, 1);
+
+    // A chain of writes to one agent, each decided on the previous answer, all land in order.
+    let mut version = v1;
+    for seq in 2..12 {
+        record.sequence_num = seq;
+        version =
+            t.store.put(&record, Precondition::Version(version)).await.expect("chained write");
+    }
+    let stored = t.store.get(record.instance_uid).await.unwrap().unwrap();
+    assert_eq!((stored.record.sequence_num, stored.version), (11, version));
+    t.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_conflicts_are_routed_to_their_writer_only() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let a = minimal_record(InstanceUid::new_v7());
+    let b = minimal_record(InstanceUid::new_v7());
+    let va = t.store.put(&a, Precondition::Absent).await.unwrap();
+    let vb = t.store.put(&b, Precondition::Absent).await.unwrap();
+    let vb2 = t.store.put(&b, Precondition::Version(vb)).await.unwrap();
+    let again = minimal_record(b.instance_uid);
+    let before = t.store.stats();
+    // One bulk: a fresh CAS on `a`, a stale one on `b`, a second enrollment of `a`'s uid.
+    let (ok, stale, dup) = futures::join!(
+        t.store.put(&a, Precondition::Version(va)),
+        t.store.put(&b, Precondition::Version(vb)),
+        t.store.put(&again, Precondition::Absent),
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_eq!(stale, Err(StoreError::Conflict));
+    assert_eq!(dup, Err(StoreError::Conflict));
+    assert_eq!(t.store.stats().conflicts - before.conflicts, 2);
+    assert_eq!(t.store.get(b.instance_uid).await.unwrap().unwrap().version, vb2);
+    t.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_down_is_unavailable_within_the_timeout() {
+    // A port nobody listens on: bind, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cfg = EsConfig::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+    cfg.request_timeout = Duration::from_secs(2);
+    cfg.ready_timeout = Duration::from_millis(500);
+    assert_unavailable_in_time(ElasticsearchStore::new(cfg).unwrap(), Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_that_never_answers_is_unavailable_within_the_timeout() {
+    // Accepts connections and never answers: the slow-cluster case.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut cfg = EsConfig::new(format!("http://{addr}").parse().unwrap());
+    cfg.request_timeout = Duration::from_millis(700);
+    cfg.ready_timeout = Duration::from_millis(300);
+    assert_unavailable_in_time(ElasticsearchStore::new(cfg).unwrap(), Duration::from_millis(2500))
+        .await;
+    hold.abort();
+}
+
+async fn assert_unavailable_in_time(store: ElasticsearchStore, bound: Duration) {
+    let uid = InstanceUid::new_v7();
+    let started = Instant::now();
+    let got = store.get(uid).await;
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    let put = store.put(&minimal_record(uid), Precondition::Absent).await;
+    assert!(matches!(put, Err(StoreError::Unavailable(_))), "{put:?}");
+    let ready = store.ready().await;
+    assert!(matches!(ready, Err(StoreError::Unavailable(_))), "{ready:?}");
+    assert_eq!(store.flush().await, Ok(()), "failed writes are answered, so flush completes");
+    assert!(started.elapsed() < bound * 3, "took {:?}", started.elapsed());
+    let started = Instant::now();
+    let _ = store.get(uid).await;
+    assert!(started.elapsed() < bound, "a read took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_index_gets_a_strict_mapping() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let response = t
+        .store
+        .client()
+        .indices()
+        .get_mapping(IndicesGetMappingParts::Index(&[&t.name]))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let mappings = &body[&t.name]["mappings"];
+    assert!(
+        mappings["dynamic"] == json!(false) || mappings["dynamic"] == json!("false"),
+        "{mappings}"
+    );
+    let props = &mappings["properties"];
+    assert_eq!(props["agent"]["properties"]["id"]["type"], "keyword");
+    assert_eq!(props["last_checkin"]["type"], "date");
+    assert_eq!(props["sequence_num"]["type"], "long");
+    assert_eq!(props["opampd"]["properties"]["state"]["type"], "binary");
+    // Setting up again (another instance starting) is harmless.
+    let again = EsConfig { index: t.name.clone(), ..t.store.config().clone() };
+    ElasticsearchStore::connect(again).await.expect("second setup of an existing index");
+    t.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_readable_by_plain_elasticsearch() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let mut record = full_record(InstanceUid::new_v7());
+    record.sequence_num = 17;
+    record.status = AgentStatus::Degraded;
+    t.store.put(&record, Precondition::Absent).await.unwrap();
+    let id = record.instance_uid.to_string();
+    let doc = raw_get(t.store.client(), &t.name, &id).await;
+    let source = &doc["_source"];
+    assert_eq!(source["agent"]["id"], id.as_str());
+    assert_eq!(source["type"], "OPAMP");
+    assert_eq!(source["active"], true);
+    assert_eq!(source["last_checkin_status"], "degraded");
+    assert_eq!(source["sequence_num"], 17);
+    assert_eq!(source["policy_revision_idx"], 1);
+    assert!(source["last_checkin"].as_str().unwrap().ends_with('Z'), "{source}");
+    assert!(source["capabilities"].as_array().is_some_and(|c| !c.is_empty()), "{source}");
+    let size = serde_json::to_vec(source).unwrap().len();
+    eprintln!("document size of the conformance full record: {size} bytes");
+    t.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_of_another_schema_version_reads_as_corrupt() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let record = minimal_record(InstanceUid::new_v7());
+    t.store.put(&record, Precondition::Absent).await.unwrap();
+    let id = record.instance_uid.to_string();
+    let mut source = raw_get(t.store.client(), &t.name, &id).await["_source"].clone();
+    source["opampd"]["schema_version"] = json!(999);
+    let response = t
+        .store
+        .client()
+        .index(IndexParts::IndexId(&t.name, &id))
+        .body(source)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status_code().is_success());
+    let got = t.store.get(record.instance_uid).await;
+    assert!(matches!(got, Err(StoreError::Corrupt(_))), "{got:?}");
+    // A document that is not opampd's at all (no state) is corrupt too, not a panic.
+    let foreign = InstanceUid::new_v7();
+    let response = t
+        .store
+        .client()
+        .index(IndexParts::IndexId(&t.name, &foreign.to_string()))
+        .body(json!({ "type": "OPAMP", "agent": { "id": foreign.to_string() } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status_code().is_success());
+    assert!(matches!(t.store.get(foreign).await, Err(StoreError::Corrupt(_))));
+    t.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_sheds_load_immediately() {
+    // A cluster that never answers keeps the queue full.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut cfg = EsConfig::new(format!("http://{addr}").parse().unwrap());
+    cfg.request_timeout = Duration::from_secs(2);
+    cfg.queue_capacity = 4;
+    cfg.bulk_max_items = 2;
+    cfg.bulks_in_flight = 1;
+    let store = ElasticsearchStore::new(cfg).unwrap();
+    let records: Vec<_> = (0..64).map(|_| minimal_record(InstanceUid::new_v7())).collect();
+    let started = Instant::now();
+    let results =
+        futures::future::join_all(records.iter().map(|r| store.put(r, Precondition::Absent))).await;
+    assert!(results.contains(&Err(StoreError::Overloaded)), "{results:?}");
+    assert!(results.iter().all(|r| r.as_ref().is_err_and(StoreError::is_transient)), "{results:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(store.stats().shed > 0);
+    hold.abort();
+}
