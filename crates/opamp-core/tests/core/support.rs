@@ -14,8 +14,10 @@ pub const UID: InstanceUid = InstanceUid::from_bytes([0x42; 16]);
 pub const ENROLLED: Timestamp = 1_700_000_000_000;
 pub const NOW: Timestamp = ENROLLED + 90_000;
 
+pub type ReportingBit = (u64, &'static str, fn(&mut AgentToServer));
+
 /// The capability bits whose field `has_full_status` demands, with a setter for that field.
-pub const REPORTING_BITS: [(u64, &str, fn(&mut AgentToServer)); 5] = [
+pub const REPORTING_BITS: [ReportingBit; 5] = [
     (caps::REPORTS_EFFECTIVE_CONFIG, "effective_config", |m| {
         m.effective_config = Some(effective_config("a"))
     }),
