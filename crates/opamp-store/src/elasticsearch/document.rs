@@ -445,7 +445,7 @@ pub fn base64_encode(bytes: &[u8]) -> String {
 /// Strict standard padded base64; `None` on any malformed input.
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| match c {
