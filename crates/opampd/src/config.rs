@@ -65,8 +65,9 @@ pub struct Cli {
     #[arg(long, env = "OPAMPD_ES_PASSWORD", hide_env_values = true)]
     pub es_password: Option<Secret>,
 
-    /// How long a cached agent record is trusted before a fresh read, e.g. 30s.
-    #[arg(long, env = "OPAMPD_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    /// How long a cached agent record (elasticsearch store) serves reads, e.g. 120s. Longer
+    /// than the agents' 30 s heartbeat, or every heartbeat misses; staleness is caught by CAS.
+    #[arg(long, env = "OPAMPD_CACHE_TTL", default_value = "120s", value_parser = parse_duration)]
     pub cache_ttl: Duration,
 
     /// Most agent records kept in the read cache.

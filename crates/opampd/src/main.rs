@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use opampd::config::{Cli, EXIT_CONFIG};
+use opampd::store::Store;
 use opampd::{telemetry, Listeners};
 
 fn main() -> ExitCode {
@@ -48,36 +49,36 @@ fn main() -> ExitCode {
 
 async fn serve(config: opampd::Config) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting");
-    let store = opampd::store::open_store(&config).await.context("opening the store")?;
+    let shutdown = shutdown_signal()?;
+    let store = Store::open(&config).await.context("opening the store")?;
     let listeners = Listeners::bind(&config).await.context("binding listeners")?;
-    opampd::run(&config, store, listeners, shutdown_signal()).await?;
+    let served = opampd::run(&config, store.shared(), listeners, shutdown).await;
+    let closed = store.close().await;
+    served?;
+    closed.context("closing the store")?;
     Ok(())
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on the first SIGTERM or SIGINT. The handlers are installed when this is called,
+/// not when the future is first polled, so a signal that arrives while the server is starting
+/// is not lost to the default action (death without a flush).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for sigterm");
-                std::future::pending::<()>().await;
-            }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the sigterm handler")?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the sigint handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "sigterm", "signal received"),
+            _ = int.recv() => tracing::info!(signal = "sigint", "signal received"),
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!(signal = "sigint", "signal received"),
-        _ = term => tracing::info!(signal = "sigterm", "signal received"),
-    }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!(signal = "ctrl-c", "signal received");
+        }
+    })
 }

@@ -1,60 +1,109 @@
-//! Opening the configured agent store. The only place opampd names a concrete backend; every
-//! other module sees `Arc<dyn AgentStore>`.
+//! Opening and closing the configured agent store. The only place opampd names a concrete
+//! backend; every other module sees `Arc<dyn AgentStore>`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
-use async_trait::async_trait;
-use opamp_core::AgentRecord;
-use opamp_proto::InstanceUid;
-use opamp_store::{AgentStore, Precondition, StoreError, Version, Versioned};
+use opamp_store::cache::{CacheConfig, CachedStore};
+use opamp_store::elasticsearch::{self as es, ElasticsearchStore};
+use opamp_store::embedded::EmbeddedStore;
+use opamp_store::{AgentStore, StoreError};
 
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, EsAuth, EsConfig, StoreConfig};
+
+/// How long [`Store::close`] waits for the last handle (a draining connection) to go away.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenStoreError {
-    #[error("opening the embedded store: {0}")]
-    Embedded(String),
-    #[error("opening the elasticsearch store: {0}")]
-    Elasticsearch(String),
+    #[error("opening the embedded store in {dir}: {source}")]
+    Embedded { dir: String, source: StoreError },
+    #[error("setting up the elasticsearch store: {0}")]
+    Elasticsearch(StoreError),
 }
 
-/// Opens the backend `config` names.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn AgentStore>, OpenStoreError> {
-    match &config.store {
-        // TEMPORARY until opamp_store::embedded lands
-        StoreConfig::Embedded { .. } => Ok(Arc::new(MemStore::default())),
-        StoreConfig::Elasticsearch(_) => Err(OpenStoreError::Elasticsearch("not yet".into())),
+/// The opened backend, kept concrete so it can be closed properly.
+#[derive(Debug)]
+pub enum Store {
+    /// Local redb file. Not cached: its reads come from redb's own page cache, and a moka
+    /// layer would only add a copy.
+    Embedded(Arc<EmbeddedStore>),
+    /// Shared Elasticsearch behind the moka read cache (the cache saves a realtime GET per
+    /// message; a stale entry is caught by the CAS and refreshed).
+    Elasticsearch(Arc<CachedStore<ElasticsearchStore>>),
+}
+
+impl Store {
+    /// Opens the backend `config` names. Elasticsearch is not contacted here, so a server can
+    /// start while the cluster is down; `/readyz` reports it until it answers.
+    pub async fn open(config: &Config) -> Result<Self, OpenStoreError> {
+        match &config.store {
+            StoreConfig::Embedded { data_dir } => EmbeddedStore::open(data_dir)
+                .await
+                .map(|s| Self::Embedded(Arc::new(s)))
+                .map_err(|source| OpenStoreError::Embedded {
+                    dir: data_dir.display().to_string(),
+                    source,
+                }),
+            StoreConfig::Elasticsearch(cfg) => {
+                let store = ElasticsearchStore::new(es_config(cfg))
+                    .map_err(OpenStoreError::Elasticsearch)?;
+                let cache = CacheConfig { ttl: config.cache_ttl, max_entries: config.cache_max_entries };
+                Ok(Self::Elasticsearch(Arc::new(CachedStore::new(store, cache))))
+            }
+        }
+    }
+
+    /// A shared handle for the server.
+    pub fn shared(&self) -> Arc<dyn AgentStore> {
+        match self {
+            Self::Embedded(s) => s.clone(),
+            Self::Elasticsearch(s) => s.clone(),
+        }
+    }
+
+    /// Commits what is queued and releases the backend (the embedded store's file lock, so
+    /// the same directory can be opened again). Call after the server stopped.
+    pub async fn close(self) -> Result<(), StoreError> {
+        match self {
+            Self::Embedded(mut s) => {
+                // connection tasks aborted at the end of the grace period drop their handles
+                // a moment later; wait for them rather than leaving the file locked
+                let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+                loop {
+                    match Arc::try_unwrap(s) {
+                        Ok(store) => return store.close().await,
+                        Err(shared) if tokio::time::Instant::now() < deadline => {
+                            s = shared;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(shared) => {
+                            tracing::warn!("embedded store still in use at close; flushing only");
+                            return shared.flush().await;
+                        }
+                    }
+                }
+            }
+            Self::Elasticsearch(s) => s.flush().await,
+        }
     }
 }
 
-#[derive(Debug, Default)]
-struct MemStore(Mutex<HashMap<InstanceUid, Versioned>>);
-
-#[async_trait]
-impl AgentStore for MemStore {
-    async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
-        Ok(self.0.lock().unwrap().get(&uid).cloned())
-    }
-    async fn put(&self, record: &AgentRecord, precondition: Precondition) -> Result<Version, StoreError> {
-        let mut m = self.0.lock().unwrap();
-        let cur = m.get(&record.instance_uid).map(|v| v.version);
-        let next = match (cur, precondition) {
-            (None, Precondition::Absent) => Version { seq_no: 1, primary_term: 1 },
-            (Some(c), Precondition::Version(v)) if c == v => Version { seq_no: c.seq_no + 1, primary_term: 1 },
-            _ => return Err(StoreError::Conflict),
-        };
-        m.insert(record.instance_uid, Versioned { record: record.clone(), version: next });
-        Ok(next)
-    }
-    async fn ready(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn list(&self, _after: Option<InstanceUid>, _limit: usize) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(vec![])
-    }
+/// Maps opampd's validated settings onto the backend's, keeping its batching defaults.
+fn es_config(cfg: &EsConfig) -> es::EsConfig {
+    let mut out = es::EsConfig::new(cfg.url.clone());
+    out.index = cfg.index.clone();
+    out.auth = match &cfg.auth {
+        EsAuth::None => es::EsAuth::None,
+        // "id:key" is the raw pair; anything else is the base64 form Kibana shows as "encoded"
+        EsAuth::ApiKey(key) => match key.expose().split_once(':') {
+            Some((id, key)) => es::EsAuth::ApiKey { id: id.to_owned(), key: key.to_owned() },
+            None => es::EsAuth::EncodedApiKey(key.expose().to_owned()),
+        },
+        EsAuth::Basic { username, password } => {
+            es::EsAuth::Basic { user: username.clone(), password: password.expose().to_owned() }
+        }
+    };
+    out
 }

@@ -10,6 +10,7 @@ use opamp_proto::v1::{
 };
 use opamp_proto::{agent_caps, server_flags, InstanceUid, Message};
 use opampd::config::Config;
+use opampd::store::Store;
 use opampd::{Listeners, RunError};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -33,7 +34,7 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> Self {
-        let store = opampd::store::open_store(&config).await.expect("store opens");
+        let store = Store::open(&config).await.expect("store opens");
         let listeners = Listeners {
             opamp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -42,10 +43,12 @@ impl TestServer {
         let admin_addr = listeners.admin.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            opampd::run(&config, store, listeners, async {
+            let served = opampd::run(&config, store.shared(), listeners, async {
                 let _ = stopped.await;
             })
-            .await
+            .await;
+            store.close().await.expect("store closes");
+            served
         });
         Self {
             opamp_url: format!("http://{opamp_addr}/v1/opamp"),
