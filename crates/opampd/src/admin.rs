@@ -8,14 +8,13 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use http::{header, StatusCode};
+use http::{StatusCode, header};
 use opamp_core::AgentRecord;
 use opamp_proto::v1::{
-    any_value, AgentConfigMap, AnyValue, ComponentDetails, ComponentHealth, KeyValue,
-    PackageStatus,
+    AgentConfigMap, AnyValue, ComponentDetails, ComponentHealth, KeyValue, PackageStatus, any_value,
 };
-use opamp_proto::{agent_caps, InstanceUid};
-use serde_json::{json, Map, Value};
+use opamp_proto::{InstanceUid, agent_caps};
+use serde_json::{Map, Value, json};
 
 use crate::state::AppState;
 
@@ -47,10 +46,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
         .into_response()
 }
 
@@ -63,10 +59,13 @@ async fn agent(State(state): State<AppState>, Path(uid): Path<String>) -> Respon
             let now = state.service.now();
             let offline_after = state.offline_after.as_millis() as u64;
             let mut doc = record_json(&v.record, now, offline_after);
-            doc["version"] = json!({"seq_no": v.version.seq_no, "primary_term": v.version.primary_term});
+            doc["version"] =
+                json!({"seq_no": v.version.seq_no, "primary_term": v.version.primary_term});
             Json(doc).into_response()
         }
-        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": "unknown agent"}))).into_response(),
+        Ok(None) => {
+            (StatusCode::NOT_FOUND, Json(json!({"error": "unknown agent"}))).into_response()
+        }
         Err(e) => {
             tracing::warn!(instance_uid = %uid, error = %e, "admin agent read failed");
             let status = if e.is_transient() {
@@ -175,9 +174,7 @@ fn components(c: &std::collections::HashMap<String, ComponentDetails>) -> Value 
 }
 
 fn key_values(kvs: &[KeyValue]) -> Value {
-    Value::Object(
-        kvs.iter().map(|kv| (kv.key.clone(), any_value(kv.value.as_ref()))).collect(),
-    )
+    Value::Object(kvs.iter().map(|kv| (kv.key.clone(), any_value(kv.value.as_ref()))).collect())
 }
 
 fn any_value(v: Option<&AnyValue>) -> Value {
@@ -188,7 +185,9 @@ fn any_value(v: Option<&AnyValue>) -> Value {
         Some(V::BoolValue(b)) => json!(b),
         Some(V::IntValue(i)) => json!(i),
         Some(V::DoubleValue(d)) => json!(d),
-        Some(V::ArrayValue(a)) => Value::Array(a.values.iter().map(|v| any_value(Some(v))).collect()),
+        Some(V::ArrayValue(a)) => {
+            Value::Array(a.values.iter().map(|v| any_value(Some(v))).collect())
+        }
         Some(V::KvlistValue(kv)) => key_values(&kv.values),
         Some(V::BytesValue(b)) => json!(hex(b)),
     }

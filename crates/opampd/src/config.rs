@@ -288,15 +288,20 @@ impl Cli {
         }
         if self.es_index.is_empty()
             || self.es_index.len() > 255
-            || self.es_index.chars().any(|c| c.is_ascii_uppercase() || r#" "*\<|,>/?#:"#.contains(c))
+            || self
+                .es_index
+                .chars()
+                .any(|c| c.is_ascii_uppercase() || r#" "*\<|,>/?#:"#.contains(c))
         {
-            return Err(invalid(format!("--es-index {:?} is not a valid index name", self.es_index)));
+            return Err(invalid(format!(
+                "--es-index {:?} is not a valid index name",
+                self.es_index
+            )));
         }
         let file_key = match &self.es_api_key_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(format!("--es-api-key-file {}: {e}", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid(format!("--es-api-key-file {}: {e}", path.display())))?;
                 let key = text.trim();
                 if key.is_empty() {
                     return Err(invalid(format!("--es-api-key-file {} is empty", path.display())));
@@ -431,8 +436,12 @@ mod tests {
     #[test]
     fn elasticsearch_needs_a_valid_url() {
         assert!(rejected(&["--store", "elasticsearch"]).contains("--es-url"));
-        assert!(rejected(&["--store", "elasticsearch", "--es-url", "not a url"]).contains("--es-url"));
-        assert!(rejected(&["--store", "elasticsearch", "--es-url", "ftp://x"]).contains("--es-url"));
+        assert!(
+            rejected(&["--store", "elasticsearch", "--es-url", "not a url"]).contains("--es-url")
+        );
+        assert!(
+            rejected(&["--store", "elasticsearch", "--es-url", "ftp://x"]).contains("--es-url")
+        );
         let c = config(&["--store", "elasticsearch", "--es-url", "http://localhost:9200"]).unwrap();
         let StoreConfig::Elasticsearch(es) = c.store else { panic!("expected es") };
         assert_eq!(es.index, ".fleet-agents");

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{header, HeaderValue, StatusCode};
-use opamp_proto::v1::ServerToAgent;
+use http::{HeaderValue, StatusCode, header};
 use opamp_proto::Message;
+use opamp_proto::v1::ServerToAgent;
 
 /// The minimum retry delay the OpAMP spec recommends for "unavailable".
 pub const RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -103,7 +103,9 @@ impl RequestError {
         let status = self.status();
         let mut resp = match &self {
             Self::BadRequest(_) => protobuf_body(self.server_to_agent(instance_uid)),
-            Self::UnsupportedMediaType(what) => text_body(format!("unsupported media type: {what}")),
+            Self::UnsupportedMediaType(what) => {
+                text_body(format!("unsupported media type: {what}"))
+            }
             Self::PayloadTooLarge { limit } => text_body(format!(
                 "message exceeds the {limit} byte limit (after decompression); do not retry"
             )),
@@ -200,10 +202,7 @@ mod tests {
         assert_eq!(r.instance_uid, uid);
         assert_eq!(r.capabilities, 0);
         let r = RequestError::BadRequest("bad uid".into()).server_to_agent(uid).unwrap();
-        assert_eq!(
-            r.error_response.unwrap().r#type,
-            ServerErrorResponseType::BadRequest as i32
-        );
+        assert_eq!(r.error_response.unwrap().r#type, ServerErrorResponseType::BadRequest as i32);
     }
 
     #[test]

@@ -6,20 +6,20 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::Router;
 use bytes::Bytes;
+use flate2::Compression;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
-use flate2::Compression;
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::error::{RequestError, PROTOBUF};
-use crate::service::{echo_uid, OpampService, Transport};
+use crate::error::{PROTOBUF, RequestError};
+use crate::service::{OpampService, Transport, echo_uid};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -116,7 +116,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), RequestError> {
     if essence.eq_ignore_ascii_case(PROTOBUF) {
         Ok(())
     } else {
-        Err(RequestError::UnsupportedMediaType(format!("content-type {essence:?}, want {PROTOBUF}")))
+        Err(RequestError::UnsupportedMediaType(format!(
+            "content-type {essence:?}, want {PROTOBUF}"
+        )))
     }
 }
 
@@ -265,7 +267,9 @@ mod tests {
 
     #[test]
     fn content_type_is_parsed_as_a_media_type() {
-        assert!(check_content_type(&headers(&[("content-type", "application/x-protobuf")])).is_ok());
+        assert!(
+            check_content_type(&headers(&[("content-type", "application/x-protobuf")])).is_ok()
+        );
         assert!(
             check_content_type(&headers(&[("content-type", "Application/X-Protobuf; charset=x")]))
                 .is_ok()

@@ -23,7 +23,7 @@ use std::time::Duration;
 use opamp_core::ServerConfig;
 use opamp_store::AgentStore;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{Semaphore, watch};
 
 pub use config::Config;
 use service::OpampService;
@@ -118,7 +118,9 @@ pub async fn run(
     let _ = admin.await;
     upkeep.abort();
 
-    let flushed = tokio::time::timeout(config.shutdown_grace.max(Duration::from_secs(5)), store.flush()).await;
+    let flushed =
+        tokio::time::timeout(config.shutdown_grace.max(Duration::from_secs(5)), store.flush())
+            .await;
     match flushed {
         Ok(Ok(())) => {
             tracing::info!("store flushed, bye");

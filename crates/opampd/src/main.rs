@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use opampd::config::{Cli, EXIT_CONFIG};
 use opampd::store::Store;
-use opampd::{telemetry, Listeners};
+use opampd::{Listeners, telemetry};
 
 fn main() -> ExitCode {
     // validated before the runtime starts and before any port is bound

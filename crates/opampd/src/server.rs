@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::Router;
+use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -77,12 +77,14 @@ pub async fn serve(
     if open > 0 {
         tracing::info!(listener = name, open, "draining connections");
     }
-    let drained = tokio::time::timeout(grace, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(listener = name, left = conns.len(), "grace period over, closing connections");
+        tracing::warn!(
+            listener = name,
+            left = conns.len(),
+            "grace period over, closing connections"
+        );
         conns.abort_all();
     }
 }

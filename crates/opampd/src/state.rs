@@ -2,8 +2,8 @@
 //! Nothing here is global; two servers in one process (tests) share nothing but the metrics
 //! recorder.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;

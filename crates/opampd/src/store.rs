@@ -49,7 +49,8 @@ impl Store {
             StoreConfig::Elasticsearch(cfg) => {
                 let store = ElasticsearchStore::new(es_config(cfg))
                     .map_err(OpenStoreError::Elasticsearch)?;
-                let cache = CacheConfig { ttl: config.cache_ttl, max_entries: config.cache_max_entries };
+                let cache =
+                    CacheConfig { ttl: config.cache_ttl, max_entries: config.cache_max_entries };
                 Ok(Self::Elasticsearch(Arc::new(CachedStore::new(store, cache))))
             }
         }

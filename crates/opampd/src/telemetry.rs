@@ -14,9 +14,8 @@ pub const CAS_RETRIES_TOTAL: &str = "opampd_cas_retries_total";
 pub const REQUEST_DURATION_SECONDS: &str = "opampd_request_duration_seconds";
 pub const IN_FLIGHT: &str = "opampd_in_flight";
 
-const DURATION_BUCKETS: &[f64] = &[
-    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const DURATION_BUCKETS: &[f64] =
+    &[0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 ///

@@ -9,11 +9,7 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_opampd");
 
 fn run_with(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("binary runs")
+    Command::new(BIN).args(args).env_remove("RUST_LOG").output().expect("binary runs")
 }
 
 #[test]

@@ -7,10 +7,10 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
-use flate2::write::GzEncoder;
 use flate2::Compression;
+use flate2::write::GzEncoder;
 use opamp_proto::v1::{AgentDisconnect, ServerErrorResponseType, ServerToAgent};
-use opamp_proto::{agent_caps, agent_flags, Message};
+use opamp_proto::{Message, agent_caps, agent_flags};
 use opampd::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -200,9 +200,7 @@ async fn gzip_request_and_gzip_response() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-encoding"], "gzip");
     let mut plain = Vec::new();
-    flate2::read::GzDecoder::new(&resp.bytes().await.unwrap()[..])
-        .read_to_end(&mut plain)
-        .unwrap();
+    flate2::read::GzDecoder::new(&resp.bytes().await.unwrap()[..]).read_to_end(&mut plain).unwrap();
     let reply = ServerToAgent::decode(&plain[..]).unwrap();
     assert_eq!(reply.instance_uid, msg.instance_uid);
     assert_eq!(reply.flags, 0, "full status of a new agent needs no second round");
@@ -304,7 +302,10 @@ async fn idle_keep_alive_connection_survives_a_poll_interval() {
         s.write_all(head.as_bytes()).await.expect("connection still open");
         s.write_all(&body).await.expect("connection still open");
         let resp = read_response_head(&mut s).await;
-        assert!(resp.starts_with("HTTP/1.1 200"), "request {seq} on the kept-alive connection: {resp:?}");
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "request {seq} on the kept-alive connection: {resp:?}"
+        );
     }
     server.stop().await.unwrap();
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use opamp_proto::v1::{
     AgentDescription, AgentToServer, ComponentHealth, ServerErrorResponseType, ServerToAgent,
 };
-use opamp_proto::{agent_caps, server_flags, InstanceUid, Message};
+use opamp_proto::{InstanceUid, Message, agent_caps, server_flags};
 use opampd::config::Config;
 use opampd::store::Store;
 use opampd::{Listeners, RunError};
@@ -129,8 +129,5 @@ pub async fn asks_full_state(url: &str, msg: &AgentToServer) -> bool {
 }
 
 pub fn error_type(reply: &ServerToAgent) -> Option<ServerErrorResponseType> {
-    reply
-        .error_response
-        .as_ref()
-        .and_then(|e| ServerErrorResponseType::try_from(e.r#type).ok())
+    reply.error_response.as_ref().and_then(|e| ServerErrorResponseType::try_from(e.r#type).ok())
 }
