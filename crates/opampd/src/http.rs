@@ -42,6 +42,12 @@ async fn opamp(State(state): State<AppState>, req: Request) -> Response {
         Ok(resp) => ("ok", resp),
         Err((err, uid)) => (err.outcome(), err.into_http(uid)),
     };
+    tracing::debug!(
+        status = response.status().as_u16(),
+        outcome,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "opamp request"
+    );
     metrics::counter!(
         telemetry::MESSAGES_TOTAL,
         "transport" => Transport::Http.as_str(),
@@ -62,6 +68,8 @@ async fn post_with_limits(state: &AppState, req: Request) -> Result<Response, Fa
         return Err((RequestError::Overloaded, Bytes::new()));
     };
     let _gauge = InFlightGauge::enter();
+    // A timeout can fire after the store applied the write; the agent then retries with the
+    // same sequence_num, reads as a duplicate and is asked for its full state: safe.
     match tokio::time::timeout(state.limits.request_timeout, post(state, req)).await {
         Ok(result) => result,
         Err(_) => {

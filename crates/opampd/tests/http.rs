@@ -276,6 +276,10 @@ async fn shutdown_lets_in_flight_requests_finish() {
     server.signal_stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // the load balancer is told first
+    let readyz = client().get(format!("{}/readyz", server.admin_url)).send().await.unwrap();
+    assert_eq!(readyz.status(), 503);
+
     // no new connections once shutdown started
     assert!(client().post(&server.opamp_url).send().await.is_err());
 
@@ -327,5 +331,28 @@ async fn idle_connection_is_closed_after_the_idle_timeout() {
         .expect("server closes the idle connection")
         .unwrap_or(0);
     assert_eq!(n, 0, "eof");
+    server.stop().await.unwrap();
+}
+
+/// Many agents at once: every message answered, none falsely asked for its full state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_agents_get_no_false_full_state_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let url = server.opamp_url.clone();
+    let agents = (0..50).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let a = uid();
+            let mut flagged = asks_full_state(&url, &full(a, 0)).await;
+            for seq in 1..=5 {
+                flagged |= asks_full_state(&url, &poll(a, seq)).await;
+            }
+            flagged
+        })
+    });
+    for agent in futures::future::join_all(agents).await {
+        assert!(!agent.unwrap(), "no false ReportFullState");
+    }
     server.stop().await.unwrap();
 }

@@ -77,8 +77,13 @@ impl TestServer {
     }
 }
 
+/// One client per test thread: building one costs tens of milliseconds (TLS roots), and a
+/// test's threads all belong to that test's runtime.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    thread_local! {
+        static CLIENT: reqwest::Client = reqwest::Client::builder().no_proxy().build().unwrap();
+    }
+    CLIENT.with(Clone::clone)
 }
 
 pub fn uid() -> InstanceUid {
