@@ -202,11 +202,24 @@ pub struct Config {
 
 impl Config {
     /// Defaults for a server on the embedded store in `data_dir` (tests, embedding).
+    /// Equal to the command line defaults (a unit test keeps them in step) but built without
+    /// reading flags or `OPAMPD_*` variables.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        let cli = Cli::try_parse_from(["opampd"]).expect("defaults parse");
-        let mut config = cli.into_config().expect("defaults are valid");
-        config.store = StoreConfig::Embedded { data_dir: data_dir.into() };
-        config
+        let sec = Duration::from_secs;
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4320)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 4321)),
+            store: StoreConfig::Embedded { data_dir: data_dir.into() },
+            max_message_bytes: 64 << 20,
+            cache_ttl: sec(120),
+            cache_max_entries: 100_000,
+            max_in_flight: 1024,
+            offline_after: sec(360),
+            shutdown_grace: sec(25),
+            request_timeout: sec(10),
+            idle_timeout: sec(90),
+            log_format: LogFormat::Text,
+        }
     }
 }
 
@@ -391,6 +404,12 @@ mod tests {
         assert_eq!(c.max_message_bytes, 64 << 20);
         assert_eq!(c.offline_after, Duration::from_secs(360));
         assert!(c.idle_timeout > AGENT_POLL_INTERVAL + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn embedded_helper_matches_the_command_line_defaults() {
+        let parsed = Cli::try_parse_from(["opampd", "--data-dir", "/d"]).unwrap();
+        assert_eq!(Config::embedded("/d"), parsed.into_config().unwrap());
     }
 
     #[test]

@@ -108,3 +108,36 @@ fn es_config(cfg: &EsConfig) -> es::EsConfig {
     };
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn es(auth: EsAuth) -> es::EsConfig {
+        es_config(&EsConfig {
+            url: "http://es:9200".parse().unwrap(),
+            index: "agents".into(),
+            auth,
+        })
+    }
+
+    #[test]
+    fn es_settings_map_onto_the_backend() {
+        let cfg = es(EsAuth::None);
+        assert_eq!(cfg.index, "agents");
+        assert_eq!(cfg.auth, es::EsAuth::None);
+        assert_eq!(
+            es(EsAuth::ApiKey(Secret::new("id:key"))).auth,
+            es::EsAuth::ApiKey { id: "id".into(), key: "key".into() }
+        );
+        assert_eq!(
+            es(EsAuth::ApiKey(Secret::new("ZW5jb2RlZA=="))).auth,
+            es::EsAuth::EncodedApiKey("ZW5jb2RlZA==".into())
+        );
+        assert_eq!(
+            es(EsAuth::Basic { username: "u".into(), password: Secret::new("p") }).auth,
+            es::EsAuth::Basic { user: "u".into(), password: "p".into() }
+        );
+    }
+}
