@@ -1,0 +1,111 @@
+//! Interop with a real OpAMP client: Elastic's Node.js `@elastic/opamp-client-node` runs against
+//! a real opampd for several heartbeats; we check what the server stored and that the client was
+//! asked for its full state no more often than the drift rules require.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{TestServer, client};
+use opamp_proto::{agent_caps, server_caps};
+use serde_json::Value;
+
+const SENDS: usize = 6;
+
+/// The directory holding `node-client.js` when its dependencies are installed, else `None`
+/// (fails loudly under CI: the test command installs them).
+fn interop_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let installed = dir.join("node_modules/@elastic/opamp-client-node/package.json").exists();
+    let node = std::process::Command::new("node").arg("--version").output().is_ok();
+    if installed && node {
+        return Some(dir);
+    }
+    let why =
+        "node and `npm ci --prefix crates/opampd/tests/interop` are required; run scripts/test.sh";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("interop test cannot run: {why}");
+    }
+    eprintln!("SKIPPING node interop test: {why}");
+    None
+}
+
+#[tokio::test]
+async fn node_client_heartbeats_are_stored_and_full_state_is_asked_once() {
+    let Some(dir) = interop_dir() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join("node-client.js"))
+        .arg(&server.opamp_url)
+        .arg(SENDS.to_string())
+        .arg("interop-svc")
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("node client finishes within 60 s")
+        .expect("node client output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node client failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one json line");
+    assert_eq!(report["failures"], serde_json::json!([]));
+
+    let sends = report["sends"].as_array().expect("sends");
+    assert!(sends.len() >= SENDS, "{} sends", sends.len());
+    for (i, s) in sends.iter().enumerate() {
+        let seq = s["seq"].as_u64().unwrap();
+        assert_eq!(seq, i as u64 + 1, "the client numbers its messages from 1");
+        assert_eq!(s["echoedUid"], true, "instance_uid echoed");
+        assert_eq!(s["error"], Value::Null);
+        let caps = s["serverCapabilities"].as_u64().unwrap();
+        assert_ne!(caps & server_caps::ACCEPTS_STATUS, 0, "server capabilities on every reply");
+        // This client never reports health, so its first message is a new enrollment without
+        // full status (rule 2): asked once. Its answer (seq 2) is in sequence, and every later
+        // heartbeat too: never asked again.
+        assert_eq!(s["reportFullState"], seq == 1, "ReportFullState on seq {seq}");
+    }
+    assert_eq!(sends[1]["full"], true, "the client answered the flag with its full state");
+
+    let uid = report["instanceUid"].as_str().unwrap();
+    let uid = format!(
+        "{}-{}-{}-{}-{}",
+        &uid[0..8],
+        &uid[8..12],
+        &uid[12..16],
+        &uid[16..20],
+        &uid[20..32]
+    );
+    let body = client()
+        .get(format!("{}/api/agents/{uid}", server.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let agent: Value = serde_json::from_slice(&body).expect("agent json");
+    let last_seq = sends.last().unwrap()["seq"].as_u64().unwrap();
+    // the client may have sent one more heartbeat after its last reported success
+    let stored_seq = agent["sequence_num"].as_u64().unwrap();
+    assert!(stored_seq == last_seq || stored_seq == last_seq + 1, "stored seq {stored_seq}");
+    let caps = agent["capabilities"].as_u64().unwrap();
+    assert_eq!(caps, agent_caps::REPORTS_STATUS | agent_caps::REPORTS_HEARTBEAT);
+    let description = &agent["agent_description"];
+    assert_eq!(description["identifying_attributes"]["service.name"], "interop-svc");
+    assert_eq!(description["non_identifying_attributes"]["os.type"], "linux");
+    assert_eq!(agent["status"], "online");
+
+    server.stop().await.unwrap();
+}
