@@ -21,21 +21,25 @@ trap 'exit 130' INT TERM
 
 build
 start_opampd --store embedded --data-dir "$DATA_DIR"
-log "rate sweep: $BENCH_RATES msg/s, ${BENCH_STEP_SECS}s each, $BENCH_SWEEP_AGENTS agents"
-opampd_metrics before
+log "rate sweep: $BENCH_RATES msg/s, ${BENCH_STEP_SECS}s each, agents = rate x ${BENCH_SWEEP_CYCLE}s"
+opampd_metrics before; C0=$(opampd_cpu_s)
 sweep
+C1=$(opampd_cpu_s)
 log "scenario: $BENCH_AGENTS agents, ${BENCH_HEARTBEAT}s heartbeat, ${BENCH_SCENARIO_SECS}s"
 scenario || true
-opampd_metrics after
+opampd_metrics after; C2=$(opampd_cpu_s)
 DISK=$(du -sh "$DATA_DIR" | cut -f1)
 stop_opampd
 
 SCEN=$BENCH_OUT/scenario.json
 [ -s "$SCEN" ] || echo '{}' >"$SCEN"
 jq -n --argjson best "$BEST_RATE" --arg best_file "$BEST_FILE" --slurpfile scen "$SCEN" --arg disk "$DISK" \
+  --argjson max "$MAX_RATE" --arg max_file "$MAX_FILE" --argjson c0 "$C0" --argjson c1 "$C1" --argjson c2 "$C2" \
   --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" '
   { store: "embedded", cores: ($nproc | tonumber), loadavg_at_end: $load, data_dir_size: $disk,
     max_sustained_msg_per_s: $best, best_step: $best_file,
+    max_throughput_msg_per_s: $max, max_step: $max_file,
+    opampd_cpu_s: { sweep: ($c1 - $c0), scenario: ($c2 - $c1) },
     scenario: ($scen[0] | { agents, target_rate, achieved_rate, sent, errors, error_kinds, unavailable,
       false_full_state, missed_full_state, injected, expected_requests_honoured, latency, passed }) }' \
   | tee "$BENCH_OUT/summary.json"

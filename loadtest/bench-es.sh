@@ -65,15 +65,15 @@ per_message() {
         then (($a.writes - $b.writes) / ($a.bulk_requests - $b.bulk_requests)) else null end) }'
 }
 
-log "(c,d) rate sweep: $BENCH_RATES msg/s, ${BENCH_STEP_SECS}s each, $BENCH_SWEEP_AGENTS agents"
-S0=$(es_stats); opampd_metrics before
+log "(c,d) rate sweep: $BENCH_RATES msg/s, ${BENCH_STEP_SECS}s each, agents = rate x ${BENCH_SWEEP_CYCLE}s"
+S0=$(es_stats); opampd_metrics before; C0=$(opampd_cpu_s)
 sweep
-S1=$(es_stats)
+S1=$(es_stats); C1=$(opampd_cpu_s)
 SWEEP_COST=$(per_message sweep "$S0" "$S1" "$(messages_in "$BENCH_OUT"/sweep-*.json)")
 
 log "(d) scenario: $BENCH_AGENTS agents, ${BENCH_HEARTBEAT}s heartbeat, ${BENCH_SCENARIO_SECS}s"
 scenario || true
-S2=$(es_stats); opampd_metrics after
+S2=$(es_stats); opampd_metrics after; C2=$(opampd_cpu_s)
 SCEN_COST=$(per_message scenario "$S1" "$S2" "$(messages_in "$BENCH_OUT"/scenario.json)")
 curl -fsS --max-time 10 "$ES/_nodes/stats/indices/indexing,get,search,bulk" >"$BENCH_OUT/node-stats-after.json" || true
 stop_opampd
@@ -81,12 +81,17 @@ stop_opampd
 SCEN=$BENCH_OUT/scenario.json
 [ -s "$SCEN" ] || echo '{}' >"$SCEN"
 jq -n --argjson ceiling "$CEILING" --argjson best "$BEST_RATE" --arg best_file "$BEST_FILE" \
+  --argjson max "$MAX_RATE" --arg max_file "$MAX_FILE" --argjson c0 "$C0" --argjson c1 "$C1" --argjson c2 "$C2" \
   --argjson sweep "$SWEEP_COST" --argjson scen_cost "$SCEN_COST" --slurpfile scen "$SCEN" \
   --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" '
   { store: "elasticsearch", cores: ($nproc | tonumber), loadavg_at_end: $load,
-    raw_ceiling_items_per_s: $ceiling, max_sustained_msg_per_s: $best,
-    ratio_to_ceiling: (if $ceiling > 0 then ($best / $ceiling) else null end),
-    best_step: $best_file, es_cost_sweep: $sweep, es_cost_scenario: $scen_cost,
+    raw_ceiling_items_per_s: $ceiling,
+    max_sustained_msg_per_s: $best, ratio_sustained_to_ceiling: (if $ceiling > 0 then ($best / $ceiling) else null end),
+    best_step: $best_file,
+    max_throughput_msg_per_s: $max, ratio_throughput_to_ceiling: (if $ceiling > 0 then ($max / $ceiling) else null end),
+    max_step: $max_file,
+    opampd_cpu_s: { sweep: ($c1 - $c0), scenario: ($c2 - $c1) },
+    es_cost_sweep: $sweep, es_cost_scenario: $scen_cost,
     scenario: ($scen[0] | { agents, target_rate, achieved_rate, sent, errors, error_kinds, unavailable,
       false_full_state, missed_full_state, injected, expected_requests_honoured, latency, passed }) }' \
   | tee "$BENCH_OUT/summary.json"

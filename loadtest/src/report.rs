@@ -76,6 +76,9 @@ pub struct Summary {
     pub drained: bool,
     pub latency_all: LatencySummary,
     pub latency_measured: LatencySummary,
+    /// CPU seconds this loadtest process used (Linux only): on a shared box the client's own
+    /// cost is part of the picture.
+    pub client_cpu_s: Option<f64>,
 }
 
 impl Summary {
@@ -125,6 +128,7 @@ impl Summary {
             drained,
             latency_all,
             latency_measured,
+            client_cpu_s: process_cpu_seconds(),
         }
     }
 
@@ -185,6 +189,7 @@ impl Summary {
             "drained": self.drained,
             "latency_all": self.latency_all.to_json(),
             "latency": self.latency_measured.to_json(),
+            "client_cpu_s": self.client_cpu_s.map(round3),
             "passed": self.failures(max_error_rate).is_empty(),
             "failures": self.failures(max_error_rate),
         })
@@ -236,8 +241,38 @@ impl fmt::Display for Summary {
         )?;
         write!(
             f,
-            "pacing: busy skips {}  saturated waits {}  max dispatch lag {:.1} ms  drained {}",
-            self.busy_skips, self.saturated_waits, self.max_dispatch_lag_ms, self.drained
+            "pacing: busy skips {}  saturated waits {}  max dispatch lag {:.1} ms  drained {}  client cpu {}",
+            self.busy_skips,
+            self.saturated_waits,
+            self.max_dispatch_lag_ms,
+            self.drained,
+            self.client_cpu_s.map_or("n/a".into(), |c| format!("{c:.1} s")),
         )
+    }
+}
+
+/// User + system CPU seconds of this process from `/proc/self/stat` (fields 14 and 15, in clock
+/// ticks; USER_HZ is 100 on every Linux ABI this runs on). `None` elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may contain spaces; fields after its closing parenthesis are
+    // plain numbers, starting at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_are_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            let c = process_cpu_seconds().expect("readable /proc/self/stat");
+            assert!((0.0..1e6).contains(&c));
+        }
     }
 }

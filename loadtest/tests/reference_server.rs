@@ -119,7 +119,11 @@ async fn correct_server_scores_zero_false_and_zero_missed() {
     let s = run_against(Behaviour::Correct).await;
     assert!(s.replies_ok > 200, "{s}");
     assert!(s.injected > 10, "{s}");
-    assert_eq!((s.false_full_state, s.missed_full_state, s.errors, s.unjudged), (0, 0, 0, 0), "{s}");
+    assert_eq!(
+        (s.false_full_state, s.missed_full_state, s.errors, s.unjudged),
+        (0, 0, 0, 0),
+        "{s}"
+    );
     assert_eq!(s.expected_requests_honoured, s.injected, "{s}");
     // Each request is answered at once with a full status (but none is started after the end).
     assert!(s.followups <= s.injected && s.followups + 8 >= s.injected, "{s}");
