@@ -17,6 +17,10 @@ pub const EXIT_CONFIG: i32 = 64;
 /// agent races the server's close (fleet-server's EOF errors at 30 s vs 30 s).
 pub const AGENT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Upper bound of `--max-ws-sessions`: far above what one process can hold (each session is
+/// a socket), and small enough that draining can wait for every session slot at once.
+pub const MAX_WS_SESSIONS_CEILING: u32 = 10_000_000;
+
 /// Raw command line, every flag also readable from an `OPAMPD_*` environment variable.
 #[derive(Parser, Clone)]
 #[command(name = "opampd", version, about = "OpAMP server")]
@@ -94,6 +98,15 @@ pub struct Cli {
     /// 30 s agent poll interval.
     #[arg(long, env = "OPAMPD_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// Most WebSocket sessions open at once; beyond it upgrades get 503 + Retry-After.
+    #[arg(long, env = "OPAMPD_MAX_WS_SESSIONS", default_value_t = 100_000)]
+    pub max_ws_sessions: u32,
+
+    /// Silence after which a WebSocket session is closed, e.g. 5m; must exceed the 30 s agent
+    /// heartbeat interval (any received frame, pings included, counts as activity).
+    #[arg(long, env = "OPAMPD_WS_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub ws_idle_timeout: Duration,
 
     /// Log output format.
     #[arg(long, env = "OPAMPD_LOG_FORMAT", value_enum, default_value = "text")]
@@ -197,6 +210,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
+    pub max_ws_sessions: u32,
+    pub ws_idle_timeout: Duration,
     pub log_format: LogFormat,
 }
 
@@ -218,6 +233,8 @@ impl Config {
             shutdown_grace: sec(25),
             request_timeout: sec(10),
             idle_timeout: sec(90),
+            max_ws_sessions: 100_000,
+            ws_idle_timeout: sec(300),
             log_format: LogFormat::Text,
         }
     }
@@ -262,6 +279,16 @@ impl Cli {
                 "--idle-timeout must exceed the 30s agent poll interval (e.g. 90s)",
             ));
         }
+        if !(1..=MAX_WS_SESSIONS_CEILING).contains(&self.max_ws_sessions) {
+            return Err(invalid(format!(
+                "--max-ws-sessions must be between 1 and {MAX_WS_SESSIONS_CEILING}"
+            )));
+        }
+        if self.ws_idle_timeout <= AGENT_POLL_INTERVAL {
+            return Err(invalid(
+                "--ws-idle-timeout must exceed the 30s agent heartbeat interval (e.g. 5m)",
+            ));
+        }
         let store = match self.store {
             StoreKind::Embedded => {
                 if self.data_dir.as_os_str().is_empty() {
@@ -283,6 +310,8 @@ impl Cli {
             shutdown_grace: self.shutdown_grace,
             request_timeout: self.request_timeout,
             idle_timeout: self.idle_timeout,
+            max_ws_sessions: self.max_ws_sessions,
+            ws_idle_timeout: self.ws_idle_timeout,
             log_format: self.log_format,
         })
     }
@@ -404,6 +433,8 @@ mod tests {
         assert_eq!(c.max_message_bytes, 64 << 20);
         assert_eq!(c.offline_after, Duration::from_secs(360));
         assert!(c.idle_timeout > AGENT_POLL_INTERVAL + Duration::from_secs(5));
+        assert_eq!(c.max_ws_sessions, 100_000);
+        assert_eq!(c.ws_idle_timeout, Duration::from_secs(300));
     }
 
     #[test]
@@ -438,6 +469,9 @@ mod tests {
         assert!(rejected(&["--offline-after", "0s"]).contains("--offline-after"));
         assert!(rejected(&["--request-timeout", "0s"]).contains("--request-timeout"));
         assert!(rejected(&["--cache-max-entries", "0"]).contains("--cache-max-entries"));
+        assert!(rejected(&["--max-ws-sessions", "0"]).contains("--max-ws-sessions"));
+        assert!(rejected(&["--max-ws-sessions", "10000001"]).contains("--max-ws-sessions"));
+        assert!(rejected(&["--ws-idle-timeout", "30s"]).contains("--ws-idle-timeout"));
         assert!(
             rejected(&["--listen", "127.0.0.1:9000", "--admin-listen", "127.0.0.1:9000"])
                 .contains("--admin-listen")

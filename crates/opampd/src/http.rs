@@ -1,4 +1,5 @@
-//! The plain-HTTP OpAMP transport: `POST /v1/opamp` with a protobuf body. Owns media types,
+//! The plain-HTTP OpAMP transport: `POST /v1/opamp` with a protobuf body, and the router that
+//! hands `GET /v1/opamp` with a WebSocket upgrade to [`ws`](crate::ws). Owns media types,
 //! size limits, gzip both ways and load shedding; the message itself goes to
 //! [`OpampService`](crate::service::OpampService). Must not allocate past the message limit on
 //! any input, including gzip bombs.
@@ -21,7 +22,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::error::{PROTOBUF, RequestError};
 use crate::service::{OpampService, Transport, echo_uid};
 use crate::state::AppState;
-use crate::telemetry;
+use crate::{telemetry, ws};
 
 pub const OPAMP_PATH: &str = "/v1/opamp";
 
@@ -31,10 +32,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn opamp(State(state): State<AppState>, req: Request) -> Response {
+    if req.method() == Method::GET && ws::is_upgrade(req.headers()) {
+        // a session, not a message: the WebSocket transport counts its messages itself
+        return ws::upgrade(state, req).await;
+    }
     let started = Instant::now();
     let result = match *req.method() {
         Method::POST => post_with_limits(&state, req).await,
-        // the WebSocket transport will take GET + upgrade here
         Method::GET => Err((RequestError::UpgradeRequired, Bytes::new())),
         _ => Err((RequestError::MethodNotAllowed, Bytes::new())),
     };
@@ -240,10 +244,10 @@ pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, RequestError> 
 }
 
 /// Keeps `opampd_in_flight` right on every exit path, including a dropped future.
-struct InFlightGauge;
+pub(crate) struct InFlightGauge;
 
 impl InFlightGauge {
-    fn enter() -> Self {
+    pub(crate) fn enter() -> Self {
         metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
         Self
     }

@@ -2,7 +2,8 @@
 //! start the real server on `127.0.0.1:0` and `main.rs` only wires.
 //!
 //! Module map: [`config`] flags and validation; [`service`] the transport-independent OpAMP
-//! handler; [`http`] the HTTP transport; [`admin`] health, metrics and the agent API;
+//! handler; [`http`] the HTTP transport and the `/v1/opamp` router; [`ws`] the WebSocket
+//! transport; [`admin`] health, metrics and the agent API;
 //! [`error`] the one place errors become statuses; [`server`] connection handling and
 //! draining; [`store`] opening the configured backend; [`telemetry`] logs and metric names.
 
@@ -15,6 +16,7 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod ws;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,16 +67,19 @@ pub fn app_state(config: &Config, store: Arc<dyn AgentStore>) -> AppState {
         limits: Limits {
             max_message_bytes: config.max_message_bytes,
             request_timeout: config.request_timeout,
+            ws_idle_timeout: config.ws_idle_timeout,
         },
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         shutting_down: ShuttingDown::default(),
         metrics: telemetry::metrics_handle(),
         offline_after: config.offline_after,
+        ws: ws::Sessions::new(config.max_ws_sessions),
     }
 }
 
 /// Serves OpAMP and admin on `listeners` until `shutdown` completes, then stops accepting,
-/// gives in-flight requests `config.shutdown_grace` to finish, and flushes the store.
+/// gives in-flight requests `config.shutdown_grace` to finish, closes WebSocket sessions with
+/// 1001 within the same grace, and flushes the store.
 pub async fn run(
     config: &Config,
     store: Arc<dyn AgentStore>,
@@ -89,6 +94,7 @@ pub async fn run(
         admin_listen = %listeners.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         max_message_bytes = config.max_message_bytes,
         max_in_flight = config.max_in_flight,
+        max_ws_sessions = config.max_ws_sessions,
         "opampd serving"
     );
     let opamp = tokio::spawn(server::serve(
@@ -113,7 +119,9 @@ pub async fn run(
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
     state.shutting_down.set();
     let _ = stop_opamp.send(true);
-    let _ = opamp.await;
+    // Upgraded connections have left the HTTP server's connection set (hyper hands their IO
+    // to the WebSocket task), so they are drained here, alongside and within the same grace.
+    let (_, ()) = tokio::join!(opamp, state.ws.close_all(config.shutdown_grace));
     let _ = stop_admin.send(true);
     let _ = admin.await;
     upkeep.abort();

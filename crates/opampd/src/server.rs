@@ -57,7 +57,9 @@ pub async fn serve(
                 .header_read_timeout(idle_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service)
-                // the WebSocket transport upgrades connections from this same builder
+                // the WebSocket transport upgrades connections from this same builder; an
+                // upgraded connection leaves this task (and the drain below) at once, its IO
+                // handed to the session task, which `ws::Sessions::close_all` drains
                 .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {

@@ -10,12 +10,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use crate::service::OpampService;
+use crate::ws::Sessions;
 
 /// Per-request bounds of the OpAMP transports.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_message_bytes: usize,
     pub request_timeout: Duration,
+    /// Silence after which a WebSocket session is closed.
+    pub ws_idle_timeout: Duration,
 }
 
 /// Set once when shutdown starts, so `/readyz` turns the load balancer away first.
@@ -41,4 +44,6 @@ pub struct AppState {
     pub shutting_down: ShuttingDown,
     pub metrics: PrometheusHandle,
     pub offline_after: Duration,
+    /// The open WebSocket sessions: admission (`--max-ws-sessions`) and closing at shutdown.
+    pub ws: Sessions,
 }

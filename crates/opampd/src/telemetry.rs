@@ -13,6 +13,8 @@ pub const REPORT_FULL_STATE_TOTAL: &str = "opampd_report_full_state_total";
 pub const CAS_RETRIES_TOTAL: &str = "opampd_cas_retries_total";
 pub const REQUEST_DURATION_SECONDS: &str = "opampd_request_duration_seconds";
 pub const IN_FLIGHT: &str = "opampd_in_flight";
+pub const WS_SESSIONS: &str = "opampd_ws_sessions";
+pub const WS_REJECTED_TOTAL: &str = "opampd_ws_rejected_total";
 
 const DURATION_BUCKETS: &[f64] =
     &[0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -57,6 +59,11 @@ fn describe() {
         "time to handle one OpAMP message"
     );
     metrics::describe_gauge!(IN_FLIGHT, "OpAMP requests being handled now");
+    metrics::describe_gauge!(WS_SESSIONS, "open WebSocket sessions");
+    metrics::describe_counter!(
+        WS_REJECTED_TOTAL,
+        "WebSocket upgrades refused with 503, by reason (session limit, shutting down)"
+    );
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` filter (default `info`), text or JSON lines.
