@@ -1,0 +1,339 @@
+//! Elasticsearch helpers for the black-box tests that run opampd on a real cluster: the test
+//! cluster's URL (or a loud skip), a unique index deleted afterwards, opampd instances that each
+//! open their own store and cache exactly as `--store elasticsearch` does, raw requests that
+//! bypass opampd, and a non-asserting OpAMP POST for failure cases.
+//!
+//! Included with `#[path = "common/es.rs"] mod es;` by the tests that need it, so the other test
+//! binaries do not compile it.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opamp_proto::v1::{AgentToServer, ServerToAgent};
+use opamp_proto::{InstanceUid, Message, server_flags};
+use opamp_store::cache::{CacheStats, CachedStore};
+use opamp_store::elasticsearch::{ElasticsearchStore, EsStats};
+use opampd::config::{Config, EsAuth, EsConfig, StoreConfig};
+use opampd::store::Store;
+use opampd::{Listeners, RunError};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use url::Url;
+
+use crate::common::{PROTOBUF, client};
+
+/// The test cluster's URL, or `None` (with a loud line) when the test must be skipped. With
+/// `CI=true` a missing cluster fails the test instead (same rule as opamp-store's es_store.rs).
+pub fn es_url() -> Option<Url> {
+    match std::env::var("OPAMPD_TEST_ES_URL") {
+        Ok(url) if !url.is_empty() => Some(url.parse().expect("OPAMPD_TEST_ES_URL is not a url")),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("OPAMPD_TEST_ES_URL must point at a running Elasticsearch; run scripts/test.sh")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPING elasticsearch tests: OPAMPD_TEST_ES_URL is not set (scripts/test.sh sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// Runs `test` under a hard deadline so a hang fails the test instead of the CI job.
+pub async fn bounded<F: Future>(limit: Duration, test: F) -> F::Output {
+    tokio::time::timeout(limit, test).await.unwrap_or_else(|_| panic!("test exceeded {limit:?}"))
+}
+
+/// A fresh `opampd-test-<uuid>` index on the test cluster, deleted when dropped (also when the
+/// test panics). Declare it before the servers so it outlives them.
+#[derive(Debug)]
+pub struct TestIndex {
+    /// Where the cluster really is (tests read documents here, bypassing any forwarder).
+    pub es: Url,
+    pub name: String,
+}
+
+impl TestIndex {
+    /// `None` when the Elasticsearch tests are skipped.
+    pub fn new() -> Option<Self> {
+        Some(Self { es: es_url()?, name: format!("opampd-test-{}", InstanceUid::new_v7()) })
+    }
+
+    /// opampd's configuration for `--store elasticsearch` on this index at `es` (the cluster
+    /// itself, or a forwarder in front of it); every other setting is the command line default.
+    pub fn config(&self, es: &Url) -> Config {
+        let mut config = Config::embedded("unused-by-the-elasticsearch-store");
+        config.store = StoreConfig::Elasticsearch(EsConfig {
+            url: es.clone(),
+            index: self.name.clone(),
+            auth: EsAuth::None,
+        });
+        config
+    }
+
+    /// The document of `uid` as Elasticsearch has it (realtime GET, not through opampd), or
+    /// `None` when there is none.
+    pub async fn doc(&self, uid: InstanceUid) -> Option<Value> {
+        let url = format!("{}{}/_doc/{uid}", self.es, self.name);
+        let resp = tokio::time::timeout(Duration::from_secs(10), client().get(&url).send())
+            .await
+            .expect("elasticsearch answers a GET in time")
+            .expect("GET the document");
+        let status = resp.status().as_u16();
+        let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        match status {
+            200 => {
+                assert_eq!(body["found"], true, "{body}");
+                Some(body)
+            }
+            404 => None,
+            other => panic!("GET {url}: {other} {body}"),
+        }
+    }
+
+    /// The stored `sequence_num` of `uid` straight from Elasticsearch.
+    pub async fn stored_seq(&self, uid: InstanceUid) -> Option<u64> {
+        let doc = self.doc(uid).await?;
+        Some(doc["_source"]["sequence_num"].as_u64().expect("sequence_num in the document"))
+    }
+
+    /// Runs a `_search` on the index after a refresh (what Kibana Fleet does; never opampd).
+    pub async fn search(&self, query: Value) -> Value {
+        let refresh = format!("{}{}/_refresh", self.es, self.name);
+        let resp = client().post(&refresh).send().await.expect("refresh");
+        assert!(resp.status().is_success(), "refresh: {}", resp.status());
+        let url = format!("{}{}/_search", self.es, self.name);
+        let resp = client()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(query.to_string())
+            .send()
+            .await
+            .expect("search");
+        assert!(resp.status().is_success(), "search: {}", resp.status());
+        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+    }
+}
+
+impl Drop for TestIndex {
+    fn drop(&mut self) {
+        // Plain blocking HTTP so it also runs while a failed test unwinds (no runtime needed).
+        let host = self.es.host_str().unwrap_or("127.0.0.1").to_owned();
+        let port = self.es.port_or_known_default().unwrap_or(9200);
+        let deleted = (|| -> std::io::Result<String> {
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.set_write_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                s,
+                "DELETE /{} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.name
+            )?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            Ok(answer.lines().next().unwrap_or_default().to_owned())
+        })();
+        match deleted {
+            // 404: the test never got as far as creating it
+            Ok(line) if line.contains(" 200 ") || line.contains(" 404 ") => {}
+            Ok(line) => eprintln!("deleting test index {}: {line}", self.name),
+            Err(e) => eprintln!("deleting test index {}: {e}", self.name),
+        }
+    }
+}
+
+/// One opampd instance over Elasticsearch: its own `ElasticsearchStore` and moka cache, built by
+/// `Store::open` exactly as the binary does, served on 127.0.0.1:0.
+#[derive(Debug)]
+pub struct EsInstance {
+    pub opamp_url: String,
+    pub admin_url: String,
+    pub store: Arc<CachedStore<ElasticsearchStore>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), RunError>>>,
+}
+
+impl EsInstance {
+    pub async fn start(config: Config) -> Self {
+        let store = Store::open(&config).await.expect("store opens");
+        let Store::Elasticsearch(cached) = &store else { panic!("not an elasticsearch config") };
+        let cached = cached.clone();
+        let listeners = Listeners {
+            opamp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let opamp_addr = listeners.opamp.local_addr().unwrap();
+        let admin_addr = listeners.admin.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = opampd::run(&config, store.shared(), listeners, async {
+                let _ = stopped.await;
+            })
+            .await;
+            // the store's own failure at close is reported through `served` being Ok but the
+            // flush below failing; a test that cut Elasticsearch restores it before stopping
+            let closed = store.close().await;
+            served.and(closed.map_err(RunError::Flush))
+        });
+        Self {
+            opamp_url: format!("http://{opamp_addr}/v1/opamp"),
+            admin_url: format!("http://{admin_addr}"),
+            store: cached,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// This instance's Elasticsearch request counters (409s included).
+    pub fn es_stats(&self) -> EsStats {
+        self.store.inner().stats()
+    }
+
+    /// This instance's cache hits and misses.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.store.stats()
+    }
+
+    /// `sequence_num` as this instance's admin API reports it (a read through its cache).
+    pub async fn api_seq(&self, uid: InstanceUid) -> u64 {
+        let (status, body) = self.api_agent(uid).await;
+        assert_eq!(status, 200, "GET /api/agents/{uid}: {body}");
+        body["sequence_num"].as_u64().expect("sequence_num")
+    }
+
+    /// Status and JSON body of `GET /api/agents/{uid}` on the admin listener.
+    pub async fn api_agent(&self, uid: InstanceUid) -> (u16, Value) {
+        let url = format!("{}/api/agents/{uid}", self.admin_url);
+        let resp = tokio::time::timeout(Duration::from_secs(15), client().get(&url).send())
+            .await
+            .expect("admin API answers in time")
+            .expect("admin API reachable");
+        let status = resp.status().as_u16();
+        (status, serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null))
+    }
+
+    /// Status of `GET /readyz` and how long it took to answer.
+    pub async fn readyz(&self) -> (u16, Duration) {
+        let started = Instant::now();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(15),
+            client().get(format!("{}/readyz", self.admin_url)).send(),
+        )
+        .await
+        .expect("readyz answers in time")
+        .expect("admin listener reachable");
+        (resp.status().as_u16(), started.elapsed())
+    }
+
+    /// Waits until `/readyz` is 200, panicking after `limit`.
+    pub async fn wait_ready(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let (status, _) = self.readyz().await;
+            if status == 200 {
+                return;
+            }
+            assert!(started.elapsed() < limit, "not ready after {limit:?} (readyz {status})");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of an unlabelled counter in this instance's `/metrics` (0 when absent). The
+    /// recorder is process-wide, so the value covers every server in this test binary.
+    pub async fn counter(&self, name: &str) -> u64 {
+        let text = client()
+            .get(format!("{}/metrics", self.admin_url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map(|v| v.trim().parse::<f64>().expect("counter value") as u64)
+            .sum()
+    }
+
+    /// Graceful shutdown; returns what `run` and the store close returned.
+    pub async fn stop(mut self) -> Result<(), RunError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("not yet stopped");
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("server stops in time")
+            .expect("server task did not panic")
+    }
+}
+
+/// What the agent saw for one POST that may fail: status, Retry-After, decoded reply, time.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub reply: Option<ServerToAgent>,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn asks_full_state(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| r.flags & server_flags::REPORT_FULL_STATE != 0)
+    }
+}
+
+/// Posts `msg` without asserting success; the client gives up after `limit` (a hang is an
+/// `Err`, never a stuck test).
+pub async fn post(url: &str, msg: &AgentToServer, limit: Duration) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let request = client().post(url).header("content-type", PROTOBUF).body(msg.encode_to_vec());
+    let resp = tokio::time::timeout(limit, request.send())
+        .await
+        .map_err(|_| format!("no answer within {limit:?}"))?
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status().as_u16();
+    let retry_after =
+        resp.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_owned());
+    let body = tokio::time::timeout(limit, resp.bytes())
+        .await
+        .map_err(|_| format!("no body within {limit:?}"))?
+        .map_err(|e| format!("body failed: {e}"))?;
+    Ok(Outcome {
+        status,
+        retry_after,
+        reply: ServerToAgent::decode(&body[..]).ok(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A small deterministic generator (xorshift64*), so a failing spread can be replayed from
+/// its seed without a `rand` dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
