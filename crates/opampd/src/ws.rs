@@ -21,9 +21,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use http::{HeaderMap, header};
+use opamp_proto::Message as _;
 use opamp_proto::framing;
 use opamp_proto::v1::{AgentToServer, ServerToAgent};
-use opamp_proto::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::error::RequestError;
@@ -104,10 +104,7 @@ impl Sessions {
 
 /// True when the request asks for a WebSocket (`Upgrade: websocket`); other GETs get 426.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    headers.get_all(header::UPGRADE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Answers `GET /v1/opamp` with an upgrade: 101 and a session, or 503 + Retry-After when the
@@ -178,7 +175,8 @@ enum End {
 
 /// One received binary message, sorted.
 enum Incoming {
-    Message(AgentToServer),
+    // boxed: an AgentToServer is ~800 bytes, and a blocked one sits in every session's state
+    Message(Box<AgentToServer>),
     /// Answered in-band with an error reply; the connection stays open.
     Invalid(RequestError),
     /// Over the message limit: close 1009.
@@ -224,7 +222,7 @@ impl Session {
         // instance_uid of each pipeline entry, in the same order
         let mut uids: VecDeque<Bytes> = VecDeque::new();
         // a message waiting for an earlier one of the same agent to finish
-        let mut blocked: Option<AgentToServer> = None;
+        let mut blocked: Option<Box<AgentToServer>> = None;
         let mut closing: Option<End> = None;
         let idle_timeout = self.limits.ws_idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
@@ -244,11 +242,12 @@ impl Session {
                 }
                 Some(frame) = pipeline.next(), if !pipeline.is_empty() => {
                     uids.pop_front();
-                    if matches!(closing, None | Some(End::Close(..))) {
-                        if let Err(why) = self.send(socket, frame).await {
-                            tracing::debug!(error = %why, "websocket reply not sent");
-                            closing = Some(End::Broken);
-                        }
+                    // after the peer closed or vanished the message is applied, the reply dropped
+                    if matches!(closing, None | Some(End::Close(..)))
+                        && let Err(why) = self.send(socket, frame).await
+                    {
+                        tracing::debug!(error = %why, "websocket reply not sent");
+                        closing = Some(End::Broken);
                     }
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     if let Some(msg) = blocked.take_if(|m| !uids.contains(&m.instance_uid)) {
@@ -318,7 +317,7 @@ impl Session {
             return Incoming::TooLarge;
         }
         match OpampService::decode(&payload) {
-            Ok(msg) => Incoming::Message(msg),
+            Ok(msg) => Incoming::Message(Box::new(msg)),
             Err(e) => Incoming::Invalid(e),
         }
     }
@@ -327,7 +326,7 @@ impl Session {
     /// Every path yields a reply: the server answers every `AgentToServer`.
     fn answer(
         &self,
-        msg: Result<AgentToServer, RequestError>,
+        msg: Result<Box<AgentToServer>, RequestError>,
     ) -> impl Future<Output = Bytes> + use<> {
         let service = self.service.clone();
         let limits = self.limits;
@@ -378,12 +377,12 @@ async fn handle(
 ) -> Result<Vec<u8>, RequestError> {
     // As over HTTP, a timeout can fire after the store applied the write; the agent's next
     // message then reads as a gap and is asked for its full state: safe.
-    let reply = tokio::time::timeout(limits.request_timeout, service.handle(msg))
-        .await
-        .map_err(|_| {
+    let reply = tokio::time::timeout(limits.request_timeout, service.handle(msg)).await.map_err(
+        |_| {
             tracing::warn!(timeout = ?limits.request_timeout, "websocket message timed out");
             RequestError::Unavailable("request timed out".into())
-        })??;
+        },
+    )??;
     OpampService::encode(&reply, limits.max_message_bytes)
 }
 
