@@ -128,6 +128,16 @@ impl<S: AgentStore> AgentStore for CachedStore<S> {
         Ok(read)
     }
 
+    /// Straight from the backend (another instance may have written since the entry was
+    /// cached); the answer refreshes the entry.
+    async fn get_fresh(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+        let read = self.inner.get_fresh(uid).await?;
+        if let Some(fresh) = &read {
+            self.remember(fresh.clone()).await;
+        }
+        Ok(read)
+    }
+
     async fn put(
         &self,
         record: &AgentRecord,

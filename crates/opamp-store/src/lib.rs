@@ -79,6 +79,13 @@ pub trait AgentStore: Send + Sync + std::fmt::Debug + 'static {
     /// The freshest stored record (a realtime read by id), or `None` for an unknown agent.
     async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError>;
 
+    /// Like [`get`](Self::get), but never answered from a cache layer: for readers that show
+    /// the stored truth (the admin API). The hot path uses `get`, whose staleness the CAS
+    /// catches; a reader that writes nothing has no CAS to catch it.
+    async fn get_fresh(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+        self.get(uid).await
+    }
+
     /// Writes `record` if `precondition` holds; returns the new version.
     async fn put(&self, record: &AgentRecord, precondition: Precondition) -> Result<Version, StoreError>;
 

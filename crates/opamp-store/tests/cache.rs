@@ -176,6 +176,26 @@ async fn stale_entry_is_caught_by_cas_and_repaired_from_backend() {
 }
 
 #[tokio::test]
+async fn fresh_read_bypasses_a_stale_entry_and_repairs_it() {
+    let f = Fixture::new().await;
+    let (a, b) = (f.cache(CacheConfig::default()), f.cache(CacheConfig::default()));
+    let record = minimal_record(InstanceUid::new_v7());
+    let v1 = a.put(&record, Precondition::Absent).await.expect("create via a");
+    let mut theirs = record.clone();
+    theirs.sequence_num = 1;
+    let v2 = b.put(&theirs, Precondition::Version(v1)).await.expect("update via b");
+
+    // `get` may serve a's stale entry (the CAS catches it on a write); `get_fresh` must not
+    assert_eq!(a.get(record.instance_uid).await.unwrap().unwrap().version, v1);
+    let gets_before = f.backend.gets();
+    let fresh = Versioned { record: theirs, version: v2 };
+    assert_eq!(a.get_fresh(record.instance_uid).await, Ok(Some(fresh.clone())));
+    assert_eq!(f.backend.gets(), gets_before + 1, "a fresh read goes to the backend");
+    assert_eq!(a.get(record.instance_uid).await, Ok(Some(fresh)), "and repairs the entry");
+    assert_eq!(f.backend.gets(), gets_before + 1);
+}
+
+#[tokio::test]
 async fn entry_expires_after_ttl() {
     let f = Fixture::new().await;
     let cache = f.cache(CacheConfig { ttl: Duration::from_millis(50), max_entries: 100 });

@@ -54,7 +54,8 @@ async fn agent(State(state): State<AppState>, Path(uid): Path<String>) -> Respon
     let Ok(uid) = uid.parse::<InstanceUid>() else {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "not a uuid"}))).into_response();
     };
-    match state.service.store().get(uid).await {
+    // not `get`: an entry in this instance's cache may predate another instance's write
+    match state.service.store().get_fresh(uid).await {
         Ok(Some(v)) => {
             let now = state.service.now();
             let offline_after = state.offline_after.as_millis() as u64;

@@ -178,13 +178,18 @@ async fn stale_cache_entry_is_caught_by_the_cas_and_decided_against_fresh_state(
         assert!(retries_after > retries_before, "cas retries {retries_before} -> {retries_after}");
 
         assert_eq!(index.stored_seq(agent).await, Some(6));
+        // B's cached entry (seq 5) is stale now; its admin API must show the stored truth
+        assert_eq!(b.api_seq(agent).await, 6, "B's admin API serves a stale cache entry");
         assert_eq!(a.api_seq(agent).await, 6);
-        assert_eq!(b.api_seq(agent).await, 6, "B's now stale cache is not what the API shows");
-        // and B, now the stale one, is caught the same way
+
+        // A's entry is stale again after B writes seq 7: it is caught the same way
         assert!(!flagged(&send(&b.opamp_url, &poll(agent, 7)).await));
-        // a real gap is still a gap whatever the caches hold
-        assert!(flagged(&send(&a.opamp_url, &poll(agent, 9)).await), "missed gap after stale");
-        assert_eq!(index.stored_seq(agent).await, Some(9));
+        let before = a.es_stats().conflicts;
+        assert!(!flagged(&send(&a.opamp_url, &poll(agent, 8)).await), "seq 8 on A");
+        assert_eq!(a.es_stats().conflicts - before, 1);
+        // and a real gap is still a gap whatever the caches hold
+        assert!(flagged(&send(&b.opamp_url, &poll(agent, 10)).await), "missed gap after stale");
+        assert_eq!(index.stored_seq(agent).await, Some(10));
     })
     .await;
     stop([a, b]).await;
@@ -310,7 +315,12 @@ async fn documents_written_through_either_instance_are_fleet_readable() {
         assert_eq!(s["sequence_num"], 0);
         assert_eq!(
             s["capabilities"],
-            json!(["ReportsStatus", "ReportsEffectiveConfig", "AcceptsRestartCommand", "ReportsHealth"])
+            json!([
+                "ReportsStatus",
+                "ReportsEffectiveConfig",
+                "AcceptsRestartCommand",
+                "ReportsHealth"
+            ])
         );
         assert_eq!(s["identifying_attributes"]["service.name"], "otelcol-contrib");
         assert_eq!(s["non_identifying_attributes"]["host.name"], "web-7");
@@ -348,7 +358,10 @@ async fn documents_written_through_either_instance_are_fleet_readable() {
         };
         assert!(!flagged(&send(&a.opamp_url, &bye).await));
         let s = index.doc(agent).await.unwrap()["_source"].clone();
-        assert_eq!((s["sequence_num"].clone(), s["last_checkin_status"].clone()), (json!(2), json!("disconnected")));
+        assert_eq!(
+            (s["sequence_num"].clone(), s["last_checkin_status"].clone()),
+            (json!(2), json!("disconnected"))
+        );
 
         // and a Fleet-style query (after a refresh, as Kibana lists agents) finds it
         let found = index
