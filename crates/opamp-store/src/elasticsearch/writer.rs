@@ -149,7 +149,16 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>) {
             if !due {
                 break;
             }
-            let ops = d.batch.take();
+            // A caller that stopped waiting (request timeout, client gone) has answered its
+            // agent "unavailable"; sending its write later would apply a message the agent
+            // retries, turning the retry into a duplicate (a needless ReportFullState per agent
+            // after every outage). Once sent, it is too late to take back.
+            let ops: Vec<WriteOp> =
+                d.batch.take().into_iter().filter(|op| !op.reply.is_closed()).collect();
+            if ops.is_empty() {
+                d.refill();
+                continue;
+            }
             d.busy.extend(ops.iter().map(|op| op.id.clone()));
             d.in_flight += 1;
             let done = DoneGuard {
