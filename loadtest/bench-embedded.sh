@@ -11,7 +11,6 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 DATA_DIR=$(mktemp -d /tmp/opampd-bench-data.XXXXXX)
-mkdir -p "$BENCH_OUT"
 cleanup() {
   stop_opampd
   rm -rf "$DATA_DIR"
@@ -19,6 +18,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+mkdir -p "$BENCH_OUT"
 build
 start_opampd --store embedded --data-dir "$DATA_DIR"
 log "rate sweep: $BENCH_RATES msg/s, ${BENCH_STEP_SECS}s each, agents = rate x ${BENCH_SWEEP_CYCLE}s"
@@ -35,8 +35,8 @@ SCEN=$BENCH_OUT/scenario.json
 [ -s "$SCEN" ] || echo '{}' >"$SCEN"
 jq -n --argjson best "$BEST_RATE" --arg best_file "$BEST_FILE" --slurpfile scen "$SCEN" --arg disk "$DISK" \
   --argjson max "$MAX_RATE" --arg max_file "$MAX_FILE" --argjson c0 "$C0" --argjson c1 "$C1" --argjson c2 "$C2" \
-  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" '
-  { store: "embedded", cores: ($nproc | tonumber), loadavg_at_end: $load, data_dir_size: $disk,
+  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" --arg commit "$BENCH_COMMIT" '
+  { store: "embedded", commit: $commit, cores: ($nproc | tonumber), loadavg_at_end: $load, data_dir_size: $disk,
     max_sustained_msg_per_s: $best, best_step: $best_file,
     max_throughput_msg_per_s: $max, max_step: $max_file,
     opampd_cpu_s: { sweep: ($c1 - $c0), scenario: ($c2 - $c1) },

@@ -18,7 +18,6 @@ set -euo pipefail
 ES=${ES:-http://127.0.0.1:9250}
 require_loopback "$ES"
 INDEX=opampd-bench-$TS
-mkdir -p "$BENCH_OUT"
 
 cleanup() {
   stop_opampd
@@ -30,6 +29,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 curl -fsS --max-time 5 "$ES/_cluster/health" >/dev/null || { log "elasticsearch at $ES is down (scripts/elasticsearch.sh start)"; exit 1; }
+mkdir -p "$BENCH_OUT"
 build
 
 log "(a) raw ceiling: es-ceiling bulk 500 x4 for ${BENCH_CEILING_SECS}s"
@@ -83,8 +83,8 @@ SCEN=$BENCH_OUT/scenario.json
 jq -n --argjson ceiling "$CEILING" --argjson best "$BEST_RATE" --arg best_file "$BEST_FILE" \
   --argjson max "$MAX_RATE" --arg max_file "$MAX_FILE" --argjson c0 "$C0" --argjson c1 "$C1" --argjson c2 "$C2" \
   --argjson sweep "$SWEEP_COST" --argjson scen_cost "$SCEN_COST" --slurpfile scen "$SCEN" \
-  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" '
-  { store: "elasticsearch", cores: ($nproc | tonumber), loadavg_at_end: $load,
+  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" --arg commit "$BENCH_COMMIT" '
+  { store: "elasticsearch", commit: $commit, cores: ($nproc | tonumber), loadavg_at_end: $load,
     raw_ceiling_items_per_s: $ceiling,
     max_sustained_msg_per_s: $best, ratio_sustained_to_ceiling: (if $ceiling > 0 then ($best / $ceiling) else null end),
     best_step: $best_file,

@@ -27,8 +27,10 @@ fi
 # Sweep agents = rate x cycle, so each agent heartbeats every BENCH_SWEEP_CYCLE seconds and the
 # enrollment wave (the first cycle) fits in the warm-up of every step.
 BENCH_SWEEP_CYCLE=${BENCH_SWEEP_CYCLE:-3}
-BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-256}
-BENCH_IN_FLIGHT=${BENCH_IN_FLIGHT:-512}
+BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-1000}
+# Below opampd's default --max-in-flight 1024, so its limit never answers 503; high enough that
+# group commit can fill bulks (Little's law: in flight = rate x latency).
+BENCH_IN_FLIGHT=${BENCH_IN_FLIGHT:-1000}
 BENCH_P99_MS=${BENCH_P99_MS:-100}
 BENCH_DRIFT=${BENCH_DRIFT:-0.01}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,9 +49,20 @@ require_loopback() {
   esac
 }
 
+# Builds from the working tree, or with BENCH_FROM_HEAD=1 from a `git archive HEAD` snapshot
+# (a checkout that others are editing may not compile at any given moment).
 build() {
-  log "building opampd and opampd-loadtest (release) into $TARGET_DIR"
-  (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p opampd -p opampd-loadtest) >&2
+  local src=$ROOT
+  BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ "${BENCH_FROM_HEAD:-0}" = 1 ]; then
+    src=$BENCH_OUT/src
+    rm -rf "$src"; mkdir -p "$src"
+    git -C "$ROOT" archive HEAD | tar -x -C "$src"
+  else
+    BENCH_COMMIT="$BENCH_COMMIT+worktree"
+  fi
+  log "building opampd and opampd-loadtest (release) from $src ($BENCH_COMMIT) into $TARGET_DIR"
+  (cd "$src" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p opampd -p opampd-loadtest) >&2
 }
 
 # start_opampd ARGS...: starts the server on the bench ports, waits (<= 90 s) for /readyz.
