@@ -181,7 +181,10 @@ async fn stalled_elasticsearch_gets_503_within_the_request_timeout_and_never_han
             "a stalled store is only given up on at the request timeout ({:?})",
             known.elapsed
         );
-        // still stalled: a second round is bounded the same way (nothing piles up)
+        // Still stalled: the agent's retry is bounded the same way. Its write queues behind
+        // the stalled one for the same document, and its caller gives up at the timeout; the
+        // store must then drop it, not send it once Elasticsearch is back (a write applied
+        // after its agent was told 503 turns the agent's next retry into a duplicate).
         unavailable(&server, &poll(a, 2)).await;
         for u in &news {
             assert_eq!(index.doc(*u).await, None, "nothing written for {u}");

@@ -204,7 +204,6 @@ async fn concurrent_agents_spread_over_instances_lose_no_update_and_get_exact_fl
         const MESSAGES: usize = 30;
         let instances = [&a, &b];
         let runs = (0..AGENTS).map(|n| {
-            let instances = instances;
             async move {
                 let agent = uid();
                 let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15 ^ n as u64);

@@ -178,8 +178,7 @@ impl EsInstance {
                 let _ = stopped.await;
             })
             .await;
-            // the store's own failure at close is reported through `served` being Ok but the
-            // flush below failing; a test that cut Elasticsearch restores it before stopping
+            // a failed close is a failed stop too (tests restore Elasticsearch before stopping)
             let closed = store.close().await;
             served.and(closed.map_err(RunError::Flush))
         });
