@@ -11,6 +11,7 @@
 //! messages reach the store strictly in order.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,6 +154,10 @@ fn refuse(reason: &'static str) -> Response {
     metrics::counter!(telemetry::WS_REJECTED_TOTAL, "reason" => reason).increment(1);
     RequestError::Overloaded.into_http(Bytes::new())
 }
+
+/// One message being processed, yielding its framed reply. Boxed: `FuturesOrdered` allocates
+/// a stub task sized like its future up front, which an idle session would otherwise carry.
+type Answer = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 
 /// One upgraded connection. Holds handles only; agents' state lives in the store.
 struct Session {
@@ -324,15 +329,12 @@ impl Session {
 
     /// Processes one message (or answers a decode failure) and returns the framed reply.
     /// Every path yields a reply: the server answers every `AgentToServer`.
-    fn answer(
-        &self,
-        msg: Result<Box<AgentToServer>, RequestError>,
-    ) -> impl Future<Output = Bytes> + use<> {
+    fn answer(&self, msg: Result<Box<AgentToServer>, RequestError>) -> Answer {
         let service = self.service.clone();
         let limits = self.limits;
         // taken now, in arrival order; none left sheds this message, as HTTP answers 503
         let permit = self.in_flight.clone().try_acquire_owned().ok();
-        async move {
+        Box::pin(async move {
             let started = Instant::now();
             let (uid, result) = match msg {
                 Err(err) => (Bytes::new(), Err(err)),
@@ -354,7 +356,7 @@ impl Session {
             };
             record(outcome, Some(started));
             framing::encode(&payload)
-        }
+        })
     }
 
     /// Sends one reply, bounded by the request timeout so a peer that stops reading cannot
