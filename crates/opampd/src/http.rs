@@ -74,16 +74,23 @@ async fn post_with_limits(state: &AppState, req: Request) -> Result<Response, Fa
     let _gauge = InFlightGauge::enter();
     // A timeout can fire after the store applied the write; the agent then retries with the
     // same sequence_num, reads as a duplicate and is asked for its full state: safe.
-    match tokio::time::timeout(state.limits.request_timeout, post(state, req)).await {
+    // The uid is known only once the body is decoded; the slot keeps it for the timeout reply.
+    let uid = std::sync::OnceLock::new();
+    match tokio::time::timeout(state.limits.request_timeout, post(state, req, &uid)).await {
         Ok(result) => result,
         Err(_) => {
             tracing::warn!(timeout = ?state.limits.request_timeout, "request timed out");
-            Err((RequestError::Unavailable("request timed out".into()), Bytes::new()))
+            let uid = uid.get().cloned().unwrap_or_default();
+            Err((RequestError::Unavailable("request timed out".into()), uid))
         }
     }
 }
 
-async fn post(state: &AppState, req: Request) -> Result<Response, Failure> {
+async fn post(
+    state: &AppState,
+    req: Request,
+    uid_slot: &std::sync::OnceLock<Bytes>,
+) -> Result<Response, Failure> {
     let limit = state.limits.max_message_bytes;
     let (parts, body) = req.into_parts();
     let no_uid = |e| (e, Bytes::new());
@@ -91,6 +98,7 @@ async fn post(state: &AppState, req: Request) -> Result<Response, Failure> {
     let gzip = request_is_gzip(&parts.headers).map_err(no_uid)?;
     let payload = read_payload(body, &parts.headers, gzip, limit).await.map_err(no_uid)?;
     let msg = OpampService::decode(&payload).map_err(no_uid)?;
+    let _ = uid_slot.set(echo_uid(Some(&msg)));
     let reply = state.service.handle(&msg).await.map_err(|e| (e, echo_uid(Some(&msg))))?;
     let encoded = OpampService::encode(&reply, limit).map_err(|e| (e, echo_uid(Some(&msg))))?;
     Ok(protobuf_response(encoded, accepts_gzip(&parts.headers)))
