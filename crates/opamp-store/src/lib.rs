@@ -14,10 +14,10 @@ use opamp_proto::InstanceUid;
 
 pub mod cache;
 pub mod codec;
-pub mod elasticsearch;
-pub mod embedded;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod elasticsearch;
+pub mod embedded;
 
 /// The version a record was read at. Opaque to callers: they hand it back to [`AgentStore::put`].
 /// For Elasticsearch it is (`_seq_no`, `_primary_term`); the embedded store uses a counter.
@@ -87,7 +87,11 @@ pub trait AgentStore: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Writes `record` if `precondition` holds; returns the new version.
-    async fn put(&self, record: &AgentRecord, precondition: Precondition) -> Result<Version, StoreError>;
+    async fn put(
+        &self,
+        record: &AgentRecord,
+        precondition: Precondition,
+    ) -> Result<Version, StoreError>;
 
     /// Ok when the backend can serve reads and writes now (for `/readyz`).
     async fn ready(&self) -> Result<(), StoreError>;
@@ -96,5 +100,9 @@ pub trait AgentStore: Send + Sync + std::fmt::Debug + 'static {
     async fn flush(&self) -> Result<(), StoreError>;
 
     /// Up to `limit` records with uid greater than `after`, in uid order (admin listing, tests).
-    async fn list(&self, after: Option<InstanceUid>, limit: usize) -> Result<Vec<AgentRecord>, StoreError>;
+    async fn list(
+        &self,
+        after: Option<InstanceUid>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError>;
 }

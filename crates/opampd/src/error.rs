@@ -28,7 +28,7 @@ pub enum RequestError {
     /// The message (after decompression) exceeds the limit.
     #[error("message larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    /// Only POST (and, later, GET with a WebSocket upgrade) exist on /v1/opamp.
+    /// Only POST and GET with a WebSocket upgrade exist on /v1/opamp.
     #[error("method not allowed")]
     MethodNotAllowed,
     /// A GET without the WebSocket upgrade.

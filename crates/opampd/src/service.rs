@@ -1,5 +1,5 @@
 //! The transport-independent OpAMP handler: one decoded `AgentToServer` in, one `ServerToAgent`
-//! (or a classified [`RequestError`]) out. HTTP uses it today and WebSocket will reuse it; it
+//! (or a classified [`RequestError`]) out. Both transports (HTTP and WebSocket) use it; it
 //! knows nothing of either.
 //!
 //! Correctness hinges on one rule: the reply is computed from the exact stored state the write
