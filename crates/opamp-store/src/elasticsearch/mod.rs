@@ -335,15 +335,7 @@ impl AgentStore for ElasticsearchStore {
                 .send()
                 .await
                 .map_err(transport_error)?;
-            let status = response.status_code().as_u16();
-            if !(200..300).contains(&status) {
-                let text = response.text().await.unwrap_or_default();
-                return Err(status_error(status, &text));
-            }
-            let health: Value = response
-                .json()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("unreadable cluster health: {e}")))?;
+            let health = json_body(response, "cluster health").await?;
             match health.get("status").and_then(Value::as_str) {
                 Some("green" | "yellow") => Ok(()),
                 other => Err(StoreError::Unavailable(format!(
@@ -438,18 +430,10 @@ impl ElasticsearchStore {
                 .send()
                 .await
                 .map_err(transport_error)?;
-            let status = response.status_code().as_u16();
-            if status == 404 {
+            if response.status_code().as_u16() == 404 {
                 break;
             }
-            if !(200..300).contains(&status) {
-                let text = response.text().await.unwrap_or_default();
-                return Err(status_error(status, &text));
-            }
-            let body: Value = response
-                .json()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("unreadable search response: {e}")))?;
+            let body = json_body(response, "search").await?;
             let hits =
                 body.pointer("/hits/hits").and_then(Value::as_array).cloned().unwrap_or_default();
             for hit in &hits {
@@ -503,6 +487,22 @@ fn transport_error(err: elasticsearch::Error) -> StoreError {
     } else {
         StoreError::Unavailable(format!("elasticsearch unreachable: {err}"))
     }
+}
+
+/// The JSON body of a 2xx answer; any other status is classified by [`status_error`].
+async fn json_body(
+    response: elasticsearch::http::response::Response,
+    what: &str,
+) -> Result<Value, StoreError> {
+    let status = response.status_code().as_u16();
+    if !(200..300).contains(&status) {
+        let text = response.text().await.unwrap_or_default();
+        return Err(status_error(status, &text));
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("unreadable {what} response: {e}")))
 }
 
 /// An HTTP error answer from Elasticsearch, classified once.

@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 use super::document::{self, READ_SOURCE_FIELDS};
-use super::{Shared, status_error, transport_error};
+use super::{Shared, json_body, transport_error};
 use crate::{StoreError, Version, Versioned};
 
 pub(super) type ReadResult = Result<Option<Versioned>, StoreError>;
@@ -96,14 +96,7 @@ async fn get_one(shared: &Shared, uid: InstanceUid) -> Result<ReadResult, StoreE
     if status == 404 {
         return Ok(Ok(None));
     }
-    if !(200..300).contains(&status) {
-        let text = response.text().await.unwrap_or_default();
-        return Err(status_error(status, &text));
-    }
-    let doc: Value = response
-        .json()
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("unreadable get response: {e}")))?;
+    let doc = json_body(response, "get").await?;
     Ok(parse_doc(&doc, uid))
 }
 
@@ -119,15 +112,7 @@ async fn get_many(shared: &Shared, uids: &[InstanceUid]) -> Result<Vec<ReadResul
         .send()
         .await
         .map_err(transport_error)?;
-    let status = response.status_code().as_u16();
-    if !(200..300).contains(&status) {
-        let text = response.text().await.unwrap_or_default();
-        return Err(status_error(status, &text));
-    }
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("unreadable mget response: {e}")))?;
+    let body = json_body(response, "mget").await?;
     let docs = body.get("docs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     if docs.len() != uids.len() {
         return Err(StoreError::Backend(format!(
