@@ -17,7 +17,7 @@ pub struct Progress<'a> {
     pub elapsed: Duration,
     pub rate: f64,
     pub interval: LatencySummary,
-    pub in_flight: usize,
+    pub in_flight: u64,
     pub stats: &'a Stats,
 }
 

@@ -52,7 +52,7 @@ pub async fn run(cfg: RunConfig, transport: Arc<Transport>) -> Summary {
     let end = start + cfg.duration;
     let window_start = start + cfg.warmup;
 
-    let progress = tokio::spawn(progress_loop(stats.clone(), sem.clone(), cfg.clone(), start, end));
+    let progress = tokio::spawn(progress_loop(stats.clone(), cfg.clone(), start, end));
 
     // 1 ms ticks: fine enough to spread 100K msg/s, coarse enough to cost nothing when idle.
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -94,6 +94,7 @@ pub async fn run(cfg: RunConfig, transport: Arc<Transport>) -> Summary {
             };
             let (slots, stats, transport) = (slots.clone(), stats.clone(), transport.clone());
             let max_followups = cfg.max_followups;
+            stats.in_flight.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let agent = agent_turn(
                     agent,
@@ -106,6 +107,7 @@ pub async fn run(cfg: RunConfig, transport: Arc<Transport>) -> Summary {
                 )
                 .await;
                 *slots[idx].lock().unwrap_or_else(|e| e.into_inner()) = Some(agent);
+                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
@@ -167,13 +169,7 @@ fn unix_nanos() -> u64 {
 }
 
 /// Prints a progress line every `progress_every` until aborted (and never past the deadline).
-async fn progress_loop(
-    stats: Arc<Stats>,
-    sem: Arc<Semaphore>,
-    cfg: RunConfig,
-    start: Instant,
-    end: Instant,
-) {
+async fn progress_loop(stats: Arc<Stats>, cfg: RunConfig, start: Instant, end: Instant) {
     let mut last_replies = 0u64;
     let mut last_at = start;
     let mut next = start + cfg.progress_every;
@@ -191,7 +187,7 @@ async fn progress_loop(
             elapsed: now - start,
             rate: (replies - last_replies) as f64 / (now - last_at).as_secs_f64().max(1e-9),
             interval,
-            in_flight: cfg.max_in_flight - sem.available_permits(),
+            in_flight: Stats::get(&stats.in_flight),
             stats: &stats,
         };
         eprintln!("{p}");

@@ -43,6 +43,8 @@ pub struct Stats {
     pub max_dispatch_lag_us: AtomicU64,
     /// Replies completed inside the measurement window (after warm-up, before the end).
     pub measured_completed: AtomicU64,
+    /// Agent turns running now (the semaphore cannot say: the drain holds all its permits).
+    pub in_flight: AtomicU64,
     pub error_kinds: Mutex<BTreeMap<String, u64>>,
     pub hist: Mutex<Histograms>,
 }
