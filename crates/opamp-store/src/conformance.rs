@@ -42,7 +42,7 @@ pub async fn run_all<S: AgentStore>(store: &S) {
 /// Generates one `#[tokio::test]` per conformance case, each on a fresh fixture. The caller's
 /// crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 ///
-/// ```ignore
+/// ```text
 /// // The expression is evaluated inside each (async) test and must yield a store:
 /// opamp_store::conformance_tests!(make_store().await);
 /// // Or a fixture that owns more (a temp dir, a client), with how to reach its store:
