@@ -24,13 +24,15 @@ pub struct CacheConfig {
     /// How long an entry may serve reads after it was written or read from the backend. Longer
     /// than the agents' heartbeat, or every heartbeat misses; staleness is caught by the CAS.
     pub ttl: Duration,
-    /// Most agents held; the least recently used beyond it are evicted.
-    pub max_entries: u64,
+    /// Memory budget in bytes, from each record's encoded size plus a fixed overhead; the
+    /// least useful entries beyond it are evicted. A budget, not a count: agents with large
+    /// effective configs weigh more, and a fleet that fits never misses on heartbeats.
+    pub max_bytes: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(120), max_entries: 100_000 }
+        Self { ttl: Duration::from_secs(120), max_bytes: 1 << 30 }
     }
 }
 
@@ -90,8 +92,11 @@ impl<S> CachedStore<S> {
 
 impl<S: AgentStore> CachedStore<S> {
     pub fn new(inner: S, config: CacheConfig) -> Self {
-        let cache =
-            Cache::builder().max_capacity(config.max_entries).time_to_live(config.ttl).build();
+        let cache = Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|_, v: &Versioned| weight(&v.record))
+            .time_to_live(config.ttl)
+            .build();
         Self { inner, cache, counters: Counters::default() }
     }
 
@@ -174,6 +179,25 @@ impl<S: AgentStore> AgentStore for CachedStore<S> {
     ) -> Result<Vec<AgentRecord>, StoreError> {
         self.inner.list(after, limit).await
     }
+}
+
+/// Approximate heap bytes of a cached record: the protobuf size of its sub-messages (their
+/// in-memory form is within a small factor of it) plus the fixed part and the cache's own
+/// per-entry bookkeeping.
+fn weight(r: &opamp_core::AgentRecord) -> u32 {
+    use prost::Message;
+    const FIXED: usize = 512;
+    let len = |m: Option<usize>| m.unwrap_or(0);
+    let bytes = FIXED
+        + len(r.agent_description.as_ref().map(Message::encoded_len))
+        + len(r.health.as_ref().map(Message::encoded_len))
+        + len(r.effective_config.as_ref().map(Message::encoded_len))
+        + len(r.remote_config_status.as_ref().map(Message::encoded_len))
+        + len(r.package_statuses.as_ref().map(Message::encoded_len))
+        + len(r.custom_capabilities.as_ref().map(Message::encoded_len))
+        + len(r.available_components.as_ref().map(Message::encoded_len))
+        + len(r.connection_settings_status.as_ref().map(Message::encoded_len));
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

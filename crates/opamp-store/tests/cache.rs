@@ -198,7 +198,7 @@ async fn fresh_read_bypasses_a_stale_entry_and_repairs_it() {
 #[tokio::test]
 async fn entry_expires_after_ttl() {
     let f = Fixture::new().await;
-    let cache = f.cache(CacheConfig { ttl: Duration::from_millis(50), max_entries: 100 });
+    let cache = f.cache(CacheConfig { ttl: Duration::from_millis(50), max_bytes: 1 << 20 });
     let record = minimal_record(InstanceUid::new_v7());
     cache.put(&record, Precondition::Absent).await.expect("create");
     // moka keeps its own clock, so this is real time, kept short.

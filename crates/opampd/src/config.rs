@@ -74,9 +74,11 @@ pub struct Cli {
     #[arg(long, env = "OPAMPD_CACHE_TTL", default_value = "120s", value_parser = parse_duration)]
     pub cache_ttl: Duration,
 
-    /// Most agent records kept in the read cache.
-    #[arg(long, env = "OPAMPD_CACHE_MAX_ENTRIES", default_value_t = 100_000)]
-    pub cache_max_entries: u64,
+    /// Memory budget of the read cache (elasticsearch store), e.g. 1GiB. Size it so the whole
+    /// fleet fits (about 1-3 KiB per agent, more with large effective configs): an agent evicted
+    /// costs a realtime read on its next heartbeat.
+    #[arg(long, env = "OPAMPD_CACHE_MAX_BYTES", default_value = "1GiB", value_parser = parse_size)]
+    pub cache_max_bytes: u64,
 
     /// Most OpAMP requests handled at once; beyond it requests get 503 + Retry-After.
     #[arg(long, env = "OPAMPD_MAX_IN_FLIGHT", default_value_t = 1024)]
@@ -204,7 +206,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub max_message_bytes: usize,
     pub cache_ttl: Duration,
-    pub cache_max_entries: u64,
+    pub cache_max_bytes: u64,
     pub max_in_flight: usize,
     pub offline_after: Duration,
     pub shutdown_grace: Duration,
@@ -227,7 +229,7 @@ impl Config {
             store: StoreConfig::Embedded { data_dir: data_dir.into() },
             max_message_bytes: 64 << 20,
             cache_ttl: sec(120),
-            cache_max_entries: 100_000,
+            cache_max_bytes: 1 << 30,
             max_in_flight: 1024,
             offline_after: sec(360),
             shutdown_grace: sec(25),
@@ -262,8 +264,8 @@ impl Cli {
         if self.max_in_flight == 0 {
             return Err(invalid("--max-in-flight must be at least 1"));
         }
-        if self.cache_max_entries == 0 {
-            return Err(invalid("--cache-max-entries must be at least 1"));
+        if self.cache_max_bytes < 1 << 20 {
+            return Err(invalid("--cache-max-bytes must be at least 1MiB"));
         }
         if self.cache_ttl.is_zero() {
             return Err(invalid("--cache-ttl must be positive"));
@@ -304,7 +306,7 @@ impl Cli {
             store,
             max_message_bytes,
             cache_ttl: self.cache_ttl,
-            cache_max_entries: self.cache_max_entries,
+            cache_max_bytes: self.cache_max_bytes,
             max_in_flight: self.max_in_flight,
             offline_after: self.offline_after,
             shutdown_grace: self.shutdown_grace,
@@ -468,7 +470,7 @@ mod tests {
         assert!(rejected(&["--idle-timeout", "30s"]).contains("--idle-timeout"));
         assert!(rejected(&["--offline-after", "0s"]).contains("--offline-after"));
         assert!(rejected(&["--request-timeout", "0s"]).contains("--request-timeout"));
-        assert!(rejected(&["--cache-max-entries", "0"]).contains("--cache-max-entries"));
+        assert!(rejected(&["--cache-max-bytes", "1KiB"]).contains("--cache-max-bytes"));
         assert!(rejected(&["--max-ws-sessions", "0"]).contains("--max-ws-sessions"));
         assert!(rejected(&["--max-ws-sessions", "10000001"]).contains("--max-ws-sessions"));
         assert!(rejected(&["--ws-idle-timeout", "30s"]).contains("--ws-idle-timeout"));

@@ -50,7 +50,7 @@ impl Store {
                 let store = ElasticsearchStore::new(es_config(cfg))
                     .map_err(OpenStoreError::Elasticsearch)?;
                 let cache =
-                    CacheConfig { ttl: config.cache_ttl, max_entries: config.cache_max_entries };
+                    CacheConfig { ttl: config.cache_ttl, max_bytes: config.cache_max_bytes };
                 Ok(Self::Elasticsearch(Arc::new(CachedStore::new(store, cache))))
             }
         }
