@@ -133,7 +133,18 @@ fn parse_doc(doc: &Value, uid: InstanceUid) -> ReadResult {
             return Ok(None);
         }
         let reason = error.get("reason").and_then(Value::as_str).unwrap_or("");
-        return Err(StoreError::Backend(format!("read of {uid} failed: {kind}: {reason}")));
+        let message = format!("read of {uid} failed: {kind}: {reason}");
+        return Err(match kind {
+            // A shard still initialising (e.g. just after the index was created) or relocating,
+            // or a node too busy: retry later, not an internal error.
+            "no_shard_available_action_exception" | "unavailable_shards_exception" => {
+                StoreError::Unavailable(message)
+            }
+            "es_rejected_execution_exception" | "circuit_breaking_exception" => {
+                StoreError::Overloaded
+            }
+            _ => StoreError::Backend(message),
+        });
     }
     if doc.get("_id").and_then(Value::as_str).is_some_and(|id| id != uid.to_string()) {
         return Err(StoreError::Backend(format!("read of {uid} answered for another id")));
@@ -167,6 +178,20 @@ mod tests {
         assert!(matches!(
             parse_doc(&json!({"_id": id, "error": {"type": "x"}}), uid),
             Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(
+            parse_doc(
+                &json!({"_id": id, "error": {"type": "no_shard_available_action_exception"}}),
+                uid
+            ),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            parse_doc(
+                &json!({"_id": id, "error": {"type": "es_rejected_execution_exception"}}),
+                uid
+            ),
+            Err(StoreError::Overloaded)
         ));
         assert!(matches!(
             parse_doc(&json!({"_id": id, "found": true}), uid),
