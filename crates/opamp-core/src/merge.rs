@@ -13,22 +13,7 @@ pub fn merge(
     msg: &AgentToServer,
     now: Timestamp,
 ) -> AgentRecord {
-    let mut r = stored.unwrap_or_else(|| AgentRecord {
-        instance_uid: uid,
-        sequence_num: 0,
-        capabilities: 0,
-        status: AgentStatus::Online,
-        enrolled_at: now,
-        last_checkin: now,
-        agent_description: None,
-        health: None,
-        effective_config: None,
-        remote_config_status: None,
-        package_statuses: None,
-        custom_capabilities: None,
-        available_components: None,
-        connection_settings_status: None,
-    });
+    let mut r = stored.unwrap_or_else(|| AgentRecord::new(uid, now));
     replace(&mut r.agent_description, &msg.agent_description);
     replace(&mut r.health, &msg.health);
     replace(&mut r.effective_config, &msg.effective_config);

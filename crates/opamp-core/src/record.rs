@@ -67,6 +67,26 @@ pub struct AgentRecord {
 }
 
 impl AgentRecord {
+    /// A record for an agent first seen at `now`: online, nothing reported yet.
+    pub fn new(instance_uid: InstanceUid, now: Timestamp) -> Self {
+        Self {
+            instance_uid,
+            sequence_num: 0,
+            capabilities: 0,
+            status: AgentStatus::Online,
+            enrolled_at: now,
+            last_checkin: now,
+            agent_description: None,
+            health: None,
+            effective_config: None,
+            remote_config_status: None,
+            package_statuses: None,
+            custom_capabilities: None,
+            available_components: None,
+            connection_settings_status: None,
+        }
+    }
+
     /// The status a reader should see at `now`: `offline` once the agent has been silent longer
     /// than `offline_after_ms` (unless it said goodbye, which stays `disconnected`).
     pub fn status_at(&self, now: Timestamp, offline_after_ms: u64) -> AgentStatus {

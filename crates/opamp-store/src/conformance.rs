@@ -84,20 +84,8 @@ macro_rules! conformance_tests {
 /// A record with only the fields every agent has.
 pub fn minimal_record(uid: InstanceUid) -> AgentRecord {
     AgentRecord {
-        instance_uid: uid,
-        sequence_num: 0,
         capabilities: opamp_proto::agent_caps::REPORTS_STATUS,
-        status: AgentStatus::Online,
-        enrolled_at: 1_700_000_000_000,
-        last_checkin: 1_700_000_000_000,
-        agent_description: None,
-        health: None,
-        effective_config: None,
-        remote_config_status: None,
-        package_statuses: None,
-        custom_capabilities: None,
-        available_components: None,
-        connection_settings_status: None,
+        ..AgentRecord::new(uid, 1_700_000_000_000)
     }
 }
 

@@ -117,20 +117,11 @@ pub fn full(seq: u64) -> AgentToServer {
 
 pub fn record(seq: u64, status: AgentStatus) -> AgentRecord {
     AgentRecord {
-        instance_uid: UID,
         sequence_num: seq,
         capabilities: caps::REPORTS_STATUS,
         status,
-        enrolled_at: ENROLLED,
         last_checkin: ENROLLED + 30_000,
-        agent_description: None,
-        health: None,
-        effective_config: None,
-        remote_config_status: None,
-        package_statuses: None,
-        custom_capabilities: None,
-        available_components: None,
-        connection_settings_status: None,
+        ..AgentRecord::new(UID, ENROLLED)
     }
 }
 
