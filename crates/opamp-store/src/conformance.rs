@@ -39,6 +39,24 @@ pub async fn run_all<S: AgentStore>(store: &S) {
     ready_is_ok(store).await;
 }
 
+/// The test cluster's URL from `OPAMPD_TEST_ES_URL`, or `None` (with a loud line) when the
+/// Elasticsearch tests must be skipped. With `CI=true` a missing cluster fails the test instead:
+/// CI never skips silently. Every crate's Elasticsearch tests share this rule.
+pub fn test_es_url() -> Option<url::Url> {
+    match std::env::var("OPAMPD_TEST_ES_URL") {
+        Ok(url) if !url.is_empty() => Some(url.parse().expect("OPAMPD_TEST_ES_URL is not a url")),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("OPAMPD_TEST_ES_URL must point at a running Elasticsearch; run scripts/test.sh")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPING elasticsearch tests: OPAMPD_TEST_ES_URL is not set (scripts/test.sh sets it)"
+            );
+            None
+        }
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance case, each on a fresh fixture. The caller's
 /// crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 ///

@@ -13,21 +13,7 @@ use opamp_store::elasticsearch::{DEFAULT_INDEX, ElasticsearchStore, EsConfig};
 use opamp_store::{AgentStore, Precondition, StoreError};
 use serde_json::{Value, json};
 
-/// The test cluster's URL, or `None` (with a loud line) when the suite must be skipped.
-fn es_url() -> Option<url::Url> {
-    match std::env::var("OPAMPD_TEST_ES_URL") {
-        Ok(url) if !url.is_empty() => Some(url.parse().expect("OPAMPD_TEST_ES_URL is not a url")),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("OPAMPD_TEST_ES_URL must point at a running Elasticsearch; run scripts/test.sh")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPING elasticsearch tests: OPAMPD_TEST_ES_URL is not set (scripts/test.sh sets it)"
-            );
-            None
-        }
-    }
-}
+use opamp_store::conformance::test_es_url as es_url;
 
 /// A store on a fresh index that is deleted by [`TestIndex::delete`].
 struct TestIndex {
@@ -185,14 +171,7 @@ async fn elasticsearch_down_is_unavailable_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_that_never_answers_is_unavailable_within_the_timeout() {
     // Accepts connections and never answers: the slow-cluster case.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let (addr, hold) = silent_cluster().await;
     let mut cfg = EsConfig::new(format!("http://{addr}").parse().unwrap());
     cfg.request_timeout = Duration::from_millis(700);
     cfg.ready_timeout = Duration::from_millis(300);
@@ -305,14 +284,7 @@ async fn a_document_of_another_schema_version_reads_as_corrupt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_write_queue_sheds_load_immediately() {
     // A cluster that never answers keeps the queue full.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let (addr, hold) = silent_cluster().await;
     let mut cfg = EsConfig::new(format!("http://{addr}").parse().unwrap());
     cfg.request_timeout = Duration::from_secs(2);
     cfg.queue_capacity = 4;
@@ -328,4 +300,17 @@ async fn a_full_write_queue_sheds_load_immediately() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(store.stats().shed > 0);
     hold.abort();
+}
+
+/// A loopback "cluster" that accepts connections and never answers (abort the handle to stop).
+async fn silent_cluster() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, hold)
 }

@@ -27,22 +27,7 @@ use url::Url;
 
 use crate::common::{PROTOBUF, client};
 
-/// The test cluster's URL, or `None` (with a loud line) when the test must be skipped. With
-/// `CI=true` a missing cluster fails the test instead (same rule as opamp-store's es_store.rs).
-pub fn es_url() -> Option<Url> {
-    match std::env::var("OPAMPD_TEST_ES_URL") {
-        Ok(url) if !url.is_empty() => Some(url.parse().expect("OPAMPD_TEST_ES_URL is not a url")),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("OPAMPD_TEST_ES_URL must point at a running Elasticsearch; run scripts/test.sh")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPING elasticsearch tests: OPAMPD_TEST_ES_URL is not set (scripts/test.sh sets it)"
-            );
-            None
-        }
-    }
-}
+pub use opamp_store::conformance::test_es_url as es_url;
 
 /// Runs `test` under a hard deadline so a hang fails the test instead of the CI job.
 pub async fn bounded<F: Future>(limit: Duration, test: F) -> F::Output {
