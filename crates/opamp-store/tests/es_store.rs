@@ -104,6 +104,33 @@ async fn group_commit_coalesces_concurrent_puts() {
     t.delete().await;
 }
 
+/// A server starts without touching ES, so its first agents' reads race the index creation
+/// that their first writes trigger: none of them may see the not-yet-allocated shard (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_agents_on_a_missing_index_are_all_served() {
+    let Some(url) = es_url() else { return };
+    let mut cfg = EsConfig::new(url);
+    cfg.index = format!("opampd-test-{}", InstanceUid::new_v7());
+    let name = cfg.index.clone();
+    let store = ElasticsearchStore::new(cfg).expect("store");
+    const N: usize = 60;
+    let enroll = |i: usize| {
+        let store = &store;
+        async move {
+            // Staggered so reads keep arriving while the index is being created.
+            tokio::time::sleep(Duration::from_millis(i as u64 * 5)).await;
+            let record = minimal_record(InstanceUid::new_v7());
+            let found = store.get(record.instance_uid).await?;
+            assert!(found.is_none());
+            store.put(&record, Precondition::Absent).await.map(|_| ())
+        }
+    };
+    let results = futures::future::join_all((0..N).map(enroll)).await;
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(failed.is_empty(), "{} of {N} first enrollments failed: {failed:?}", failed.len());
+    TestIndex { store, name }.delete().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_one_document_in_flight_are_answered_in_order() {
     let Some(t) = TestIndex::new(|_| {}).await else { return };

@@ -65,6 +65,9 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadOp>) {
 async fn fetch(shared: &Shared, uids: &[InstanceUid]) -> Vec<ReadResult> {
     let started = Instant::now();
     let outcome = tokio::time::timeout(shared.cfg.request_timeout, async {
+        // A read racing the first write's index creation would hit a shard that is not
+        // allocated yet (503 for the agent); waiting for the setup answers it properly.
+        shared.ensure_index_once().await?;
         if let [uid] = uids {
             get_one(shared, *uid).await.map(|r| vec![r])
         } else {
