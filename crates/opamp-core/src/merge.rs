@@ -1,5 +1,7 @@
 //! Merging one message into the stored record without losing what the agent left out.
 
+use std::sync::Arc;
+
 use opamp_proto::InstanceUid;
 use opamp_proto::v1::{AgentToServer, ComponentHealth};
 
@@ -31,7 +33,7 @@ pub fn merge(
         // Back after a goodbye without new health: the last known health decides. `Offline` is
         // never meant to be stored, but `AgentStatus::parse` accepts it, so a record that came
         // back from a store that way must not read offline while the agent is checking in.
-        r.health.as_ref().map_or(AgentStatus::Online, status_from_health)
+        r.health.as_deref().map_or(AgentStatus::Online, status_from_health)
     } else {
         r.status
     };
@@ -52,8 +54,8 @@ fn status_from_health(h: &ComponentHealth) -> AgentStatus {
     }
 }
 
-fn replace<T: Clone>(slot: &mut Option<T>, new: &Option<T>) {
-    if new.is_some() {
-        slot.clone_from(new);
+fn replace<T: Clone>(slot: &mut Option<Arc<T>>, new: &Option<T>) {
+    if let Some(new) = new {
+        *slot = Some(Arc::new(new.clone()));
     }
 }

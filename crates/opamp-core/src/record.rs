@@ -1,5 +1,7 @@
 //! The server's picture of one agent, as stored and cached.
 
+use std::sync::Arc;
+
 use opamp_proto::InstanceUid;
 use opamp_proto::v1;
 
@@ -46,6 +48,9 @@ impl AgentStatus {
 
 /// Everything the server keeps about one agent. Sub-messages are `None` until the agent first
 /// reports them; a message that omits one keeps the stored value (agents compress).
+///
+/// The sub-messages are shared (`Arc`): a heartbeat changes none of them, so copying a cached
+/// record and merging a heartbeat into it copies no attribute, health map or config body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentRecord {
     pub instance_uid: InstanceUid,
@@ -56,14 +61,14 @@ pub struct AgentRecord {
     pub status: AgentStatus,
     pub enrolled_at: Timestamp,
     pub last_checkin: Timestamp,
-    pub agent_description: Option<v1::AgentDescription>,
-    pub health: Option<v1::ComponentHealth>,
-    pub effective_config: Option<v1::EffectiveConfig>,
-    pub remote_config_status: Option<v1::RemoteConfigStatus>,
-    pub package_statuses: Option<v1::PackageStatuses>,
-    pub custom_capabilities: Option<v1::CustomCapabilities>,
-    pub available_components: Option<v1::AvailableComponents>,
-    pub connection_settings_status: Option<v1::ConnectionSettingsStatus>,
+    pub agent_description: Option<Arc<v1::AgentDescription>>,
+    pub health: Option<Arc<v1::ComponentHealth>>,
+    pub effective_config: Option<Arc<v1::EffectiveConfig>>,
+    pub remote_config_status: Option<Arc<v1::RemoteConfigStatus>>,
+    pub package_statuses: Option<Arc<v1::PackageStatuses>>,
+    pub custom_capabilities: Option<Arc<v1::CustomCapabilities>>,
+    pub available_components: Option<Arc<v1::AvailableComponents>>,
+    pub connection_settings_status: Option<Arc<v1::ConnectionSettingsStatus>>,
 }
 
 impl AgentRecord {

@@ -189,14 +189,14 @@ fn weight(r: &opamp_core::AgentRecord) -> u32 {
     const FIXED: usize = 512;
     let len = |m: Option<usize>| m.unwrap_or(0);
     let bytes = FIXED
-        + len(r.agent_description.as_ref().map(Message::encoded_len))
-        + len(r.health.as_ref().map(Message::encoded_len))
-        + len(r.effective_config.as_ref().map(Message::encoded_len))
-        + len(r.remote_config_status.as_ref().map(Message::encoded_len))
-        + len(r.package_statuses.as_ref().map(Message::encoded_len))
-        + len(r.custom_capabilities.as_ref().map(Message::encoded_len))
-        + len(r.available_components.as_ref().map(Message::encoded_len))
-        + len(r.connection_settings_status.as_ref().map(Message::encoded_len));
+        + len(r.agent_description.as_deref().map(Message::encoded_len))
+        + len(r.health.as_deref().map(Message::encoded_len))
+        + len(r.effective_config.as_deref().map(Message::encoded_len))
+        + len(r.remote_config_status.as_deref().map(Message::encoded_len))
+        + len(r.package_statuses.as_deref().map(Message::encoded_len))
+        + len(r.custom_capabilities.as_deref().map(Message::encoded_len))
+        + len(r.available_components.as_deref().map(Message::encoded_len))
+        + len(r.connection_settings_status.as_deref().map(Message::encoded_len));
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 

@@ -5,6 +5,8 @@
 //! nothing for storage, and a schema change here bumps [`SCHEMA_VERSION`] instead of silently
 //! misreading old bytes. Decoding never panics: bad or unknown bytes are [`StoreError::Corrupt`].
 
+use std::sync::Arc;
+
 use opamp_core::{AgentRecord, AgentStatus};
 use opamp_proto::InstanceUid;
 use opamp_proto::v1;
@@ -88,9 +90,9 @@ pub fn encode(record: &AgentRecord) -> Vec<u8> {
             uint64::encode(tag, &value, buf);
         }
     }
-    fn sub<M: Message>(tag: u32, value: &Option<M>, buf: &mut Vec<u8>) {
+    fn sub<M: Message>(tag: u32, value: &Option<Arc<M>>, buf: &mut Vec<u8>) {
         if let Some(m) = value {
-            message::encode(tag, m, buf);
+            message::encode(tag, &**m, buf);
         }
     }
 
@@ -136,14 +138,14 @@ pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
         status,
         enrolled_at: stored.enrolled_at,
         last_checkin: stored.last_checkin,
-        agent_description: stored.agent_description,
-        health: stored.health,
-        effective_config: stored.effective_config,
-        remote_config_status: stored.remote_config_status,
-        package_statuses: stored.package_statuses,
-        custom_capabilities: stored.custom_capabilities,
-        available_components: stored.available_components,
-        connection_settings_status: stored.connection_settings_status,
+        agent_description: stored.agent_description.map(Arc::new),
+        health: stored.health.map(Arc::new),
+        effective_config: stored.effective_config.map(Arc::new),
+        remote_config_status: stored.remote_config_status.map(Arc::new),
+        package_statuses: stored.package_statuses.map(Arc::new),
+        custom_capabilities: stored.custom_capabilities.map(Arc::new),
+        available_components: stored.available_components.map(Arc::new),
+        connection_settings_status: stored.connection_settings_status.map(Arc::new),
     })
 }
 
@@ -162,14 +164,14 @@ mod tests {
             status: status_code(record.status),
             enrolled_at: record.enrolled_at,
             last_checkin: record.last_checkin,
-            agent_description: record.agent_description.clone(),
-            health: record.health.clone(),
-            effective_config: record.effective_config.clone(),
-            remote_config_status: record.remote_config_status.clone(),
-            package_statuses: record.package_statuses.clone(),
-            custom_capabilities: record.custom_capabilities.clone(),
-            available_components: record.available_components.clone(),
-            connection_settings_status: record.connection_settings_status.clone(),
+            agent_description: record.agent_description.as_deref().cloned(),
+            health: record.health.as_deref().cloned(),
+            effective_config: record.effective_config.as_deref().cloned(),
+            remote_config_status: record.remote_config_status.as_deref().cloned(),
+            package_statuses: record.package_statuses.as_deref().cloned(),
+            custom_capabilities: record.custom_capabilities.as_deref().cloned(),
+            available_components: record.available_components.as_deref().cloned(),
+            connection_settings_status: record.connection_settings_status.as_deref().cloned(),
         }
         .encode_to_vec()
     }
@@ -216,8 +218,8 @@ mod tests {
     #[test]
     fn present_but_empty_sub_message_stays_present() {
         let mut record = minimal_record(InstanceUid::new_v7());
-        record.health = Some(v1::ComponentHealth::default());
-        record.custom_capabilities = Some(v1::CustomCapabilities::default());
+        record.health = Some(Arc::new(v1::ComponentHealth::default()));
+        record.custom_capabilities = Some(Arc::new(v1::CustomCapabilities::default()));
         assert_eq!(decode(&encode(&record)), Ok(record));
     }
 

@@ -12,6 +12,7 @@ use futures::future::join_all;
 use opamp_core::{AgentRecord, AgentStatus};
 use opamp_proto::InstanceUid;
 use opamp_proto::v1;
+use std::sync::Arc;
 
 use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
 
@@ -147,7 +148,7 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
         status: AgentStatus::Degraded,
         enrolled_at: 1_700_000_000_123,
         last_checkin: 1_700_000_060_456,
-        agent_description: Some(v1::AgentDescription {
+        agent_description: Some(Arc::new(v1::AgentDescription {
             identifying_attributes: vec![
                 kv("service.name", text("otelcol-contrib")),
                 kv("service.version", text("0.120.0")),
@@ -176,8 +177,8 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
                     }),
                 ),
             ],
-        }),
-        health: Some(v1::ComponentHealth {
+        })),
+        health: Some(Arc::new(v1::ComponentHealth {
             healthy: true,
             start_time_unix_nano: 1_700_000_000_000_000_001,
             last_error: String::new(),
@@ -185,8 +186,8 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
             status_time_unix_nano: 1_700_000_060_000_000_002,
             component_health_map: [("pipeline:traces".to_owned(), health_child)].into(),
             attributes: vec![kv("k", text("v"))],
-        }),
-        effective_config: Some(v1::EffectiveConfig {
+        })),
+        effective_config: Some(Arc::new(v1::EffectiveConfig {
             config_map: Some(v1::AgentConfigMap {
                 config_map: [
                     (
@@ -208,13 +209,13 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
                 ]
                 .into(),
             }),
-        }),
-        remote_config_status: Some(v1::RemoteConfigStatus {
+        })),
+        remote_config_status: Some(Arc::new(v1::RemoteConfigStatus {
             last_remote_config_hash: vec![1u8, 2, 3].into(),
             status: v1::RemoteConfigStatuses::Failed as i32,
             error_message: "bad yaml".to_owned(),
-        }),
-        package_statuses: Some(v1::PackageStatuses {
+        })),
+        package_statuses: Some(Arc::new(v1::PackageStatuses {
             packages: [(
                 "filebeat".to_owned(),
                 v1::PackageStatus {
@@ -234,19 +235,19 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
             .into(),
             server_provided_all_packages_hash: vec![7u8; 16].into(),
             error_message: "partial".to_owned(),
-        }),
-        custom_capabilities: Some(v1::CustomCapabilities {
+        })),
+        custom_capabilities: Some(Arc::new(v1::CustomCapabilities {
             capabilities: vec!["io.opentelemetry.pprof".to_owned(), "com.example.x".to_owned()],
-        }),
-        available_components: Some(v1::AvailableComponents {
+        })),
+        available_components: Some(Arc::new(v1::AvailableComponents {
             components: [("receivers".to_owned(), component)].into(),
             hash: vec![5u8; 8].into(),
-        }),
-        connection_settings_status: Some(v1::ConnectionSettingsStatus {
+        })),
+        connection_settings_status: Some(Arc::new(v1::ConnectionSettingsStatus {
             last_connection_settings_hash: vec![4u8; 4].into(),
             status: v1::ConnectionSettingsStatuses::Applied as i32,
             error_message: String::new(),
-        }),
+        })),
     }
 }
 

@@ -94,7 +94,7 @@ pub fn record_json(r: &AgentRecord, now: u64, offline_after_ms: u64) -> Value {
             "identifying_attributes": key_values(&d.identifying_attributes),
             "non_identifying_attributes": key_values(&d.non_identifying_attributes),
         })),
-        "health": r.health.as_ref().map(health),
+        "health": r.health.as_deref().map(health),
         "effective_config": r.effective_config.as_ref().map(|c| config_map(c.config_map.as_ref())),
         "remote_config_status": r.remote_config_status.as_ref().map(|s| json!({
             "last_remote_config_hash": hex(&s.last_remote_config_hash),

@@ -17,6 +17,10 @@ pub const EXIT_CONFIG: i32 = 64;
 /// agent races the server's close (fleet-server's EOF errors at 30 s vs 30 s).
 pub const AGENT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Upper bound of `--es-bulk-max-wait` and `--es-mget-max-wait`: a batching wait is added to
+/// every message's latency.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(1);
+
 /// Upper bound of `--max-ws-sessions`: far above what one process can hold (each session is
 /// a socket), and small enough that draining can wait for every session slot at once.
 pub const MAX_WS_SESSIONS_CEILING: u32 = 10_000_000;
@@ -68,6 +72,32 @@ pub struct Cli {
     /// Elasticsearch password for basic authentication.
     #[arg(long, env = "OPAMPD_ES_PASSWORD", hide_env_values = true)]
     pub es_password: Option<Secret>,
+
+    /// Group commit: most writes in one Elasticsearch `_bulk` request.
+    #[arg(long, env = "OPAMPD_ES_BULK_MAX_ITEMS", default_value_t = EsBatching::DEFAULT.bulk_max_items)]
+    pub es_bulk_max_items: usize,
+
+    /// Group commit: longest a write waits for others to share its `_bulk`, e.g. 5ms. Longer
+    /// gives bigger bulks (cheaper for Elasticsearch) at the cost of latency.
+    #[arg(long, env = "OPAMPD_ES_BULK_MAX_WAIT", default_value = "5ms", value_parser = parse_duration)]
+    pub es_bulk_max_wait: Duration,
+
+    /// Group commit: `_bulk` requests in flight at once; writes wait (and batch up) beyond it.
+    #[arg(long, env = "OPAMPD_ES_BULKS_IN_FLIGHT", default_value_t = EsBatching::DEFAULT.bulks_in_flight)]
+    pub es_bulks_in_flight: usize,
+
+    /// Writes accepted but not yet sent to Elasticsearch; beyond it messages get 503 +
+    /// Retry-After instead of queueing.
+    #[arg(long, env = "OPAMPD_ES_WRITE_QUEUE", default_value_t = EsBatching::DEFAULT.write_queue)]
+    pub es_write_queue: usize,
+
+    /// Cache-miss reads batched into one realtime `_mget` at most.
+    #[arg(long, env = "OPAMPD_ES_MGET_MAX_ITEMS", default_value_t = EsBatching::DEFAULT.mget_max_items)]
+    pub es_mget_max_items: usize,
+
+    /// Longest a cache-miss read waits for others to share its `_mget`, e.g. 1ms.
+    #[arg(long, env = "OPAMPD_ES_MGET_MAX_WAIT", default_value = "1ms", value_parser = parse_duration)]
+    pub es_mget_max_wait: Duration,
 
     /// How long a cached agent record (elasticsearch store) serves reads, e.g. 120s. Longer
     /// than the agents' 30 s heartbeat, or every heartbeat misses; staleness is caught by CAS.
@@ -189,6 +219,36 @@ pub struct EsConfig {
     pub url: Url,
     pub index: String,
     pub auth: EsAuth,
+    pub batching: EsBatching,
+}
+
+/// Group commit and read batching towards Elasticsearch (`--es-bulk-*`, `--es-mget-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EsBatching {
+    pub bulk_max_items: usize,
+    pub bulk_max_wait: Duration,
+    pub bulks_in_flight: usize,
+    pub write_queue: usize,
+    pub mget_max_items: usize,
+    pub mget_max_wait: Duration,
+}
+
+impl EsBatching {
+    /// The command line defaults.
+    pub const DEFAULT: Self = Self {
+        bulk_max_items: 500,
+        bulk_max_wait: Duration::from_millis(5),
+        bulks_in_flight: 4,
+        write_queue: 20_000,
+        mget_max_items: 256,
+        mget_max_wait: Duration::from_millis(1),
+    };
+}
+
+impl Default for EsBatching {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// Which backend to open.
@@ -373,7 +433,32 @@ impl Cli {
             (None, None, Some(_)) => return Err(invalid("--es-password needs --es-username")),
             (None, None, None) => EsAuth::None,
         };
-        Ok(EsConfig { url, index: self.es_index.clone(), auth })
+        Ok(EsConfig { url, index: self.es_index.clone(), auth, batching: self.es_batching()? })
+    }
+
+    fn es_batching(&self) -> Result<EsBatching, ConfigError> {
+        let count = |flag: &str, value: usize, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(invalid(format!("{flag} must be between 1 and {max}")))
+            }
+        };
+        let wait = |flag: &str, value: Duration| {
+            if value <= MAX_BATCH_WAIT {
+                Ok(value)
+            } else {
+                Err(invalid(format!("{flag} must be at most {}ms", MAX_BATCH_WAIT.as_millis())))
+            }
+        };
+        Ok(EsBatching {
+            bulk_max_items: count("--es-bulk-max-items", self.es_bulk_max_items, 10_000)?,
+            bulk_max_wait: wait("--es-bulk-max-wait", self.es_bulk_max_wait)?,
+            bulks_in_flight: count("--es-bulks-in-flight", self.es_bulks_in_flight, 64)?,
+            write_queue: count("--es-write-queue", self.es_write_queue, 1_000_000)?,
+            mget_max_items: count("--es-mget-max-items", self.es_mget_max_items, 10_000)?,
+            mget_max_wait: wait("--es-mget-max-wait", self.es_mget_max_wait)?,
+        })
     }
 }
 
@@ -501,6 +586,57 @@ mod tests {
         let StoreConfig::Elasticsearch(es) = c.store else { panic!("expected es") };
         assert_eq!(es.index, ".fleet-agents");
         assert_eq!(es.auth, EsAuth::None);
+        assert_eq!(es.batching, EsBatching::DEFAULT);
+    }
+
+    #[test]
+    fn group_commit_is_tunable_and_bounded() {
+        let es = ["--store", "elasticsearch", "--es-url", "http://localhost:9200"];
+        fn with<'a>(es: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+            [es, extra].concat()
+        }
+        let c = config(&with(
+            &es,
+            &[
+                "--es-bulk-max-items",
+                "1000",
+                "--es-bulk-max-wait",
+                "20ms",
+                "--es-bulks-in-flight",
+                "2",
+                "--es-write-queue",
+                "5000",
+                "--es-mget-max-items",
+                "100",
+                "--es-mget-max-wait",
+                "2ms",
+            ],
+        ))
+        .unwrap();
+        let StoreConfig::Elasticsearch(es_config) = c.store else { panic!("expected es") };
+        assert_eq!(
+            es_config.batching,
+            EsBatching {
+                bulk_max_items: 1000,
+                bulk_max_wait: Duration::from_millis(20),
+                bulks_in_flight: 2,
+                write_queue: 5000,
+                mget_max_items: 100,
+                mget_max_wait: Duration::from_millis(2),
+            }
+        );
+        for (flag, bad) in [
+            ("--es-bulk-max-items", "0"),
+            ("--es-bulk-max-items", "10001"),
+            ("--es-bulk-max-wait", "2s"),
+            ("--es-bulks-in-flight", "0"),
+            ("--es-bulks-in-flight", "65"),
+            ("--es-write-queue", "0"),
+            ("--es-mget-max-items", "0"),
+            ("--es-mget-max-wait", "5s"),
+        ] {
+            assert!(rejected(&with(&es, &[flag, bad])).contains(flag), "{flag} {bad}");
+        }
     }
 
     #[test]

@@ -95,6 +95,13 @@ impl Store {
 fn es_config(cfg: &EsConfig) -> es::EsConfig {
     let mut out = es::EsConfig::new(cfg.url.clone());
     out.index = cfg.index.clone();
+    let b = cfg.batching;
+    out.bulk_max_items = b.bulk_max_items;
+    out.bulk_max_wait = b.bulk_max_wait;
+    out.bulks_in_flight = b.bulks_in_flight;
+    out.queue_capacity = b.write_queue;
+    out.mget_max_items = b.mget_max_items;
+    out.mget_max_wait = b.mget_max_wait;
     out.auth = match &cfg.auth {
         EsAuth::None => es::EsAuth::None,
         // "id:key" is the raw pair; anything else is the base64 form Kibana shows as "encoded"
@@ -112,13 +119,14 @@ fn es_config(cfg: &EsConfig) -> es::EsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::config::{EsBatching, Secret};
 
     fn es(auth: EsAuth) -> es::EsConfig {
         es_config(&EsConfig {
             url: "http://es:9200".parse().unwrap(),
             index: "agents".into(),
             auth,
+            batching: EsBatching::default(),
         })
     }
 

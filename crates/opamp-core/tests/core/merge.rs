@@ -8,6 +8,7 @@ use opamp_proto::v1::{
     CustomCapabilities, PackageStatuses, RemoteConfigStatus,
 };
 use opamp_proto::{Bytes, InstanceUid};
+use std::sync::Arc;
 
 use crate::support::{
     ENROLLED, NOW, UID, description, effective_config, full, health, heartbeat, populated_record,
@@ -25,42 +26,42 @@ fn slots() -> Vec<Slot> {
         (
             "agent_description",
             |m| m.agent_description = Some(description("new")),
-            |r| r.agent_description = Some(description("new")),
+            |r| r.agent_description = Some(Arc::new(description("new"))),
         ),
         (
             "health",
             |m| m.health = Some(health(true, "new")),
-            |r| r.health = Some(health(true, "new")),
+            |r| r.health = Some(Arc::new(health(true, "new"))),
         ),
         (
             "effective_config",
             |m| m.effective_config = Some(effective_config("new")),
-            |r| r.effective_config = Some(effective_config("new")),
+            |r| r.effective_config = Some(Arc::new(effective_config("new"))),
         ),
         (
             "remote_config_status",
             |m| m.remote_config_status = Some(new_remote_config_status()),
-            |r| r.remote_config_status = Some(new_remote_config_status()),
+            |r| r.remote_config_status = Some(Arc::new(new_remote_config_status())),
         ),
         (
             "package_statuses",
             |m| m.package_statuses = Some(new_package_statuses()),
-            |r| r.package_statuses = Some(new_package_statuses()),
+            |r| r.package_statuses = Some(Arc::new(new_package_statuses())),
         ),
         (
             "custom_capabilities",
             |m| m.custom_capabilities = Some(new_custom_capabilities()),
-            |r| r.custom_capabilities = Some(new_custom_capabilities()),
+            |r| r.custom_capabilities = Some(Arc::new(new_custom_capabilities())),
         ),
         (
             "available_components",
             |m| m.available_components = Some(new_available_components()),
-            |r| r.available_components = Some(new_available_components()),
+            |r| r.available_components = Some(Arc::new(new_available_components())),
         ),
         (
             "connection_settings_status",
             |m| m.connection_settings_status = Some(new_connection_settings_status()),
-            |r| r.connection_settings_status = Some(new_connection_settings_status()),
+            |r| r.connection_settings_status = Some(Arc::new(new_connection_settings_status())),
         ),
     ]
 }
@@ -272,7 +273,9 @@ fn status_cases() -> Vec<StatusCase> {
 fn status_follows_health_and_goodbyes_and_otherwise_stands() {
     let mut failures = Vec::new();
     for c in status_cases() {
-        let stored = c.stored.map(|(status, h)| AgentRecord { health: h, ..record(5, status) });
+        let stored = c
+            .stored
+            .map(|(status, h)| AgentRecord { health: h.map(Arc::new), ..record(5, status) });
         let mut msg = heartbeat(6);
         msg.health = c.health;
         msg.agent_disconnect = c.disconnect.then_some(AgentDisconnect {});

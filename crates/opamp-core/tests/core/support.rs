@@ -1,6 +1,8 @@
 //! Builders shared by the behaviour tests: messages and records with every field the rules look
 //! at, so each table row states only what differs.
 
+use std::sync::Arc;
+
 use opamp_core::{AgentRecord, AgentStatus, Timestamp};
 use opamp_proto::agent_caps as caps;
 use opamp_proto::v1::{
@@ -130,14 +132,14 @@ pub fn populated_record(seq: u64, status: AgentStatus) -> AgentRecord {
     let mut m = full_with(seq, all_reporting_bits() | caps::REPORTS_STATUS);
     m.custom_capabilities = Some(CustomCapabilities { capabilities: vec!["io.old".into()] });
     AgentRecord {
-        agent_description: m.agent_description,
-        health: m.health,
-        effective_config: m.effective_config,
-        remote_config_status: m.remote_config_status,
-        package_statuses: m.package_statuses,
-        custom_capabilities: m.custom_capabilities,
-        available_components: m.available_components,
-        connection_settings_status: m.connection_settings_status,
+        agent_description: m.agent_description.map(Arc::new),
+        health: m.health.map(Arc::new),
+        effective_config: m.effective_config.map(Arc::new),
+        remote_config_status: m.remote_config_status.map(Arc::new),
+        package_statuses: m.package_statuses.map(Arc::new),
+        custom_capabilities: m.custom_capabilities.map(Arc::new),
+        available_components: m.available_components.map(Arc::new),
+        connection_settings_status: m.connection_settings_status.map(Arc::new),
         ..record(seq, status)
     }
 }

@@ -38,9 +38,9 @@ pub const READ_SOURCE_FIELDS: &str = "opampd";
 /// Serializes `record` as the document's JSON `_source`, stamped `updated_at = now_ms`.
 pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
     let state = base64_encode(&codec::encode(record));
-    let description = record.agent_description.as_ref();
+    let description = record.agent_description.as_deref();
     let attr = |key: &str| description.and_then(|d| string_attribute(d, key));
-    let message = record.health.as_ref().and_then(|h| {
+    let message = record.health.as_deref().and_then(|h| {
         [h.last_error.as_str(), h.status.as_str()].into_iter().find(|s| !s.is_empty())
     });
     let uid = record.instance_uid.to_string();
@@ -55,8 +55,8 @@ pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
         // The mapping says `long`; a u64 beyond it would make the document unindexable.
         sequence_num: record.sequence_num.min(i64::MAX as u64),
         capabilities: Capabilities(record.capabilities),
-        health: record.health.as_ref().map(|h| Health(h, 0)),
-        effective_config: record.effective_config.as_ref().map(EffectiveConfig),
+        health: record.health.as_deref().map(|h| Health(h, 0)),
+        effective_config: record.effective_config.as_deref().map(EffectiveConfig),
         identifying_attributes: description.map(|d| Attributes(&d.identifying_attributes, 0)),
         non_identifying_attributes: description
             .map(|d| Attributes(&d.non_identifying_attributes, 0)),
@@ -414,6 +414,7 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use opamp_core::AgentStatus;
+    use std::sync::Arc;
 
     fn kv(key: &str, value: any_value::Value) -> v1::KeyValue {
         v1::KeyValue { key: key.into(), value: Some(v1::AnyValue { value: Some(value) }) }
@@ -427,7 +428,7 @@ mod tests {
             status: AgentStatus::Degraded,
             enrolled_at: 1_700_000_000_000,
             last_checkin: 1_700_000_030_123,
-            agent_description: Some(v1::AgentDescription {
+            agent_description: Some(Arc::new(v1::AgentDescription {
                 identifying_attributes: vec![
                     kv("service.name", any_value::Value::StringValue("otelcol".into())),
                     kv("service.version", any_value::Value::StringValue("0.99.0".into())),
@@ -437,12 +438,12 @@ mod tests {
                     kv("dup", any_value::Value::IntValue(1)),
                     kv("dup", any_value::Value::IntValue(2)),
                 ],
-            }),
-            health: Some(v1::ComponentHealth {
+            })),
+            health: Some(Arc::new(v1::ComponentHealth {
                 healthy: true,
                 status: "StatusRecoverableError".into(),
                 ..Default::default()
-            }),
+            })),
             effective_config: None,
             remote_config_status: None,
             package_statuses: None,
@@ -530,7 +531,7 @@ mod tests {
                 })),
             };
         }
-        let d = r.agent_description.as_mut().unwrap();
+        let d = Arc::make_mut(r.agent_description.as_mut().unwrap());
         d.identifying_attributes.push(v1::KeyValue { key: "deep".into(), value: Some(deep) });
         d.identifying_attributes
             .push(kv("service.version", any_value::Value::StringValue("é".repeat(5000))));

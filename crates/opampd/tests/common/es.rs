@@ -57,6 +57,7 @@ impl TestIndex {
             url: es.clone(),
             index: self.name.clone(),
             auth: EsAuth::None,
+            batching: Default::default(),
         });
         config
     }
