@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of opampd on Elasticsearch, in one run on this machine:
-#   (a) es-ceiling: raw CAS `_bulk` items/s (bulks of 500, 4 in flight, as opampd's group commit);
-#   (b) build and start opampd --store elasticsearch on a fresh index opampd-bench-<ts>;
-#   (c) snapshot the index's ES stats (writes, gets, searches, bulks);
+#   (a) es-ceiling: raw CAS `_bulk` items/s (bulks of 500, 4 in flight, as opampd's group commit)
+#       on synthetic ~1 KB documents;
+#   (b) build and start opampd --store elasticsearch on a fresh index opampd-bench-<ts>, enroll
+#       200 agents through it, and measure the ceiling again on copies of those documents under
+#       the index's own mapping and settings (es-ceiling --like-index): the like-for-like one;
+#   (c) snapshot the index's ES stats (writes, gets, searches, bulks), after (b) so the
+#       enrollment and the sampling search are not counted;
 #   (d) open-loop rate sweep for the max sustained msg/s (p99 <= 100 ms, 0 errors), then the
 #       fleet scenario (100K agents, 30 s heartbeat = 3.3K msg/s) for 120 s;
-#   (e) ES operations per message for each phase; (f) opampd msg/s / raw ceiling.
+#   (e) ES operations per message for each phase; (f) opampd msg/s / each raw ceiling.
 # Stops the opampd it started and deletes its bench index (KEEP_INDEX=1 keeps it).
 #
 #   loadtest/bench-es.sh                 # full run (~12 min)
@@ -40,6 +44,18 @@ log "raw CAS bulk ceiling: $CEILING items/s"
 
 log "(b) opampd on elasticsearch, index $INDEX"
 start_opampd --store elasticsearch --es-url "$ES" --es-index "$INDEX"
+
+# Real agent documents for the like-for-like ceiling: 200 enrollments (and one heartbeat each).
+# No drift, so a failure here is opampd's or ES's, and the run stops before the long part.
+log "(b) enrolling 200 agents, then the ceiling on copies of their documents for ${BENCH_CEILING_SECS}s"
+timeout --signal=KILL 120 "$BIN/opampd-loadtest" --target "$TARGET_URL" --agents 200 --rate 200 \
+  --duration 2 --warmup 0 --drift-rate 0 --json-out "$BENCH_OUT/enroll.json" \
+  >"$BENCH_OUT/enroll.txt" 2>"$BENCH_OUT/enroll.progress" \
+  || { log "enrolling agents failed:"; tail -n 20 "$BENCH_OUT/enroll.txt" "$BENCH_OUT/enroll.progress" >&2; exit 1; }
+timeout --signal=KILL 900 "$BIN/es-ceiling" --es-url "$ES" --like-index "$INDEX" --bulk 500 --concurrency 4 \
+  --duration "$BENCH_CEILING_SECS" --json-out "$BENCH_OUT/ceiling-like.json" >"$BENCH_OUT/ceiling-like.txt"
+CEILING_LIKE=$(jq .best_bulk_items_per_s "$BENCH_OUT/ceiling-like.json")
+log "raw CAS bulk ceiling on $INDEX's documents ($(jq .avg_doc_bytes "$BENCH_OUT/ceiling-like.json") bytes each): $CEILING_LIKE items/s"
 
 # Index-level stats only count opampd's own index, so other users of the same ES do not skew
 # the per-message figures. _all.total covers every copy of the shard.
@@ -80,15 +96,20 @@ stop_opampd
 
 SCEN=$BENCH_OUT/scenario.json
 [ -s "$SCEN" ] || echo '{}' >"$SCEN"
-jq -n --argjson ceiling "$CEILING" --argjson best "$BEST_RATE" --arg best_file "$BEST_FILE" \
+jq -n --argjson ceiling "$CEILING" --argjson ceiling_like "$CEILING_LIKE" \
+  --slurpfile cj "$BENCH_OUT/ceiling.json" --slurpfile cl "$BENCH_OUT/ceiling-like.json" \
+  --argjson best "$BEST_RATE" --arg best_file "$BEST_FILE" \
   --argjson max "$MAX_RATE" --arg max_file "$MAX_FILE" --argjson c0 "$C0" --argjson c1 "$C1" --argjson c2 "$C2" \
   --argjson sweep "$SWEEP_COST" --argjson scen_cost "$SCEN_COST" --slurpfile scen "$SCEN" \
   --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" --arg commit "$BENCH_COMMIT" '
   { store: "elasticsearch", commit: $commit, cores: ($nproc | tonumber), loadavg_at_end: $load,
-    raw_ceiling_items_per_s: $ceiling,
+    raw_ceiling_items_per_s: $ceiling, raw_ceiling_doc_bytes: $cj[0].avg_doc_bytes,
+    raw_ceiling_same_docs_items_per_s: $ceiling_like, raw_ceiling_same_docs_doc_bytes: $cl[0].avg_doc_bytes,
     max_sustained_msg_per_s: $best, ratio_sustained_to_ceiling: (if $ceiling > 0 then ($best / $ceiling) else null end),
+    ratio_sustained_to_same_docs_ceiling: (if $ceiling_like > 0 then ($best / $ceiling_like) else null end),
     best_step: $best_file,
     max_throughput_msg_per_s: $max, ratio_throughput_to_ceiling: (if $ceiling > 0 then ($max / $ceiling) else null end),
+    ratio_throughput_to_same_docs_ceiling: (if $ceiling_like > 0 then ($max / $ceiling_like) else null end),
     max_step: $max_file,
     opampd_cpu_s: { sweep: ($c1 - $c0), scenario: ($c2 - $c1) },
     es_cost_sweep: $sweep, es_cost_scenario: $scen_cost,
