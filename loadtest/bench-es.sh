@@ -25,6 +25,7 @@ INDEX=opampd-bench-$TS
 
 cleanup() {
   stop_opampd
+  pin_restore
   if [ "${KEEP_INDEX:-0}" != 1 ]; then
     curl -fsS --max-time 30 -X DELETE "$ES/$INDEX" >/dev/null 2>&1 || true
   fi
@@ -35,9 +36,10 @@ trap 'exit 130' INT TERM
 curl -fsS --max-time 5 "$ES/_cluster/health" >/dev/null || { log "elasticsearch at $ES is down (scripts/elasticsearch.sh start)"; exit 1; }
 mkdir -p "$BENCH_OUT"
 build
+pin_setup "$ES"
 
 log "(a) raw ceiling: es-ceiling bulk 500 x4 for ${BENCH_CEILING_SECS}s"
-timeout --signal=KILL 900 "$BIN/es-ceiling" --es-url "$ES" --bulk 500 --concurrency 4 \
+timeout --signal=KILL 900 "${PIN[@]}" "$BIN/es-ceiling" --es-url "$ES" --bulk 500 --concurrency 4 \
   --duration "$BENCH_CEILING_SECS" --json-out "$BENCH_OUT/ceiling.json" >"$BENCH_OUT/ceiling.txt"
 CEILING=$(jq .best_bulk_items_per_s "$BENCH_OUT/ceiling.json")
 log "raw CAS bulk ceiling: $CEILING items/s"
@@ -48,11 +50,11 @@ start_opampd --store elasticsearch --es-url "$ES" --es-index "$INDEX"
 # Real agent documents for the like-for-like ceiling: 200 enrollments (and one heartbeat each).
 # No drift, so a failure here is opampd's or ES's, and the run stops before the long part.
 log "(b) enrolling 200 agents, then the ceiling on copies of their documents for ${BENCH_CEILING_SECS}s"
-timeout --signal=KILL 120 "$BIN/opampd-loadtest" --target "$TARGET_URL" --agents 200 --rate 200 \
+timeout --signal=KILL 120 "${PIN[@]}" "$BIN/opampd-loadtest" --target "$TARGET_URL" --agents 200 --rate 200 \
   --duration 2 --warmup 0 --drift-rate 0 --json-out "$BENCH_OUT/enroll.json" \
   >"$BENCH_OUT/enroll.txt" 2>"$BENCH_OUT/enroll.progress" \
   || { log "enrolling agents failed:"; tail -n 20 "$BENCH_OUT/enroll.txt" "$BENCH_OUT/enroll.progress" >&2; exit 1; }
-timeout --signal=KILL 900 "$BIN/es-ceiling" --es-url "$ES" --like-index "$INDEX" --bulk 500 --concurrency 4 \
+timeout --signal=KILL 900 "${PIN[@]}" "$BIN/es-ceiling" --es-url "$ES" --like-index "$INDEX" --bulk 500 --concurrency 4 \
   --duration "$BENCH_CEILING_SECS" --json-out "$BENCH_OUT/ceiling-like.json" >"$BENCH_OUT/ceiling-like.txt"
 CEILING_LIKE=$(jq .best_bulk_items_per_s "$BENCH_OUT/ceiling-like.json")
 log "raw CAS bulk ceiling on $INDEX's documents ($(jq .avg_doc_bytes "$BENCH_OUT/ceiling-like.json") bytes each): $CEILING_LIKE items/s"
@@ -101,8 +103,10 @@ jq -n --argjson ceiling "$CEILING" --argjson ceiling_like "$CEILING_LIKE" \
   --argjson best "$BEST_RATE" --arg best_file "$BEST_FILE" \
   --argjson max "$MAX_RATE" --arg max_file "$MAX_FILE" --argjson c0 "$C0" --argjson c1 "$C1" --argjson c2 "$C2" \
   --argjson sweep "$SWEEP_COST" --argjson scen_cost "$SCEN_COST" --slurpfile scen "$SCEN" \
-  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" --arg commit "$BENCH_COMMIT" '
+  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg nproc "$(nproc)" --arg commit "$BENCH_COMMIT" \
+  --arg pin "${BENCH_PIN:-0}" '
   { store: "elasticsearch", commit: $commit, cores: ($nproc | tonumber), loadavg_at_end: $load,
+    cpu_pinning: (if $pin == "1" then "elasticsearch on cpu 0; opampd, load generator, ceiling client on the others" else "none: all share every cpu" end),
     raw_ceiling_items_per_s: $ceiling, raw_ceiling_doc_bytes: $cj[0].avg_doc_bytes,
     raw_ceiling_same_docs_items_per_s: $ceiling_like, raw_ceiling_same_docs_doc_bytes: $cl[0].avg_doc_bytes,
     max_sustained_msg_per_s: $best, ratio_sustained_to_ceiling: (if $ceiling > 0 then ($best / $ceiling) else null end),

@@ -42,6 +42,34 @@ OPAMPD_PID=
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
+# CPU pinning (bench-es.sh). On a small box Elasticsearch, opampd and the load generator fight for
+# the same cores, and the raw ceiling (whose client is idle) gets all of them: the ratio then
+# measures the CPU the generator and opampd take from ES, not what opampd gets out of ES. With
+# BENCH_PIN=1 (the default with >= 2 CPUs) ES runs on CPU 0 only, for the ceilings and the opampd
+# runs alike, and everything this script starts runs on the other CPUs, as on separate machines.
+# BENCH_PIN=0 shares every CPU. ES's own affinity is restored on exit.
+PIN=()
+ES_PIN_PID=
+pin_setup() {
+  local es_url=$1 ncpu port
+  ncpu=$(nproc)
+  BENCH_PIN=${BENCH_PIN:-$([ "$ncpu" -ge 2 ] && echo 1 || echo 0)}
+  [ "$BENCH_PIN" = 1 ] || { log "cpu pinning off: everything shares $ncpu cpus"; return 0; }
+  [ "$ncpu" -ge 2 ] || { log "BENCH_PIN=1 needs at least 2 cpus"; exit 2; }
+  command -v taskset >/dev/null || { log "BENCH_PIN=1 needs taskset (util-linux)"; exit 2; }
+  port=$(echo "$es_url" | sed -E 's#^[a-z]+://[^/:]+:([0-9]+).*#\1#')
+  ES_PIN_PID=$(ss -Htlnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2)
+  [ -n "$ES_PIN_PID" ] || { log "BENCH_PIN=1: no process listens on port $port (run as root, or BENCH_PIN=0)"; exit 2; }
+  taskset -a -p -c 0 "$ES_PIN_PID" >/dev/null
+  PIN=(taskset -c "1-$((ncpu - 1))")
+  log "cpu pinning: elasticsearch (pid $ES_PIN_PID) on cpu 0; opampd, load generator and ceiling client on cpus 1-$((ncpu - 1))"
+}
+pin_restore() {
+  [ -n "$ES_PIN_PID" ] || return 0
+  taskset -a -p -c "0-$(($(nproc) - 1))" "$ES_PIN_PID" >/dev/null 2>&1 || true
+  ES_PIN_PID=
+}
+
 require_loopback() {
   case "$1" in
     http://127.*|http://localhost[:/]*|http://localhost|http://\[::1\]*) ;;
@@ -69,7 +97,7 @@ build() {
 start_opampd() {
   mkdir -p "$BENCH_OUT"
   log "starting opampd $*"
-  "$BIN/opampd" --listen "127.0.0.1:$BENCH_PORT" --admin-listen "127.0.0.1:$BENCH_ADMIN_PORT" "$@" \
+  "${PIN[@]}" "$BIN/opampd" --listen "127.0.0.1:$BENCH_PORT" --admin-listen "127.0.0.1:$BENCH_ADMIN_PORT" "$@" \
     >"$BENCH_OUT/opampd.log" 2>&1 &
   OPAMPD_PID=$!
   for _ in $(seq 1 180); do
@@ -106,7 +134,7 @@ loadtest() {
   local out=$BENCH_OUT/$name.json
   log "loadtest $name: $*"
   # The tool stops itself; the outer timeout only guards against a wedged process.
-  timeout --signal=KILL 1800 "$BIN/opampd-loadtest" --target "$TARGET_URL" --json-out "$out" \
+  timeout --signal=KILL 1800 "${PIN[@]}" "$BIN/opampd-loadtest" --target "$TARGET_URL" --json-out "$out" \
     --connections "$BENCH_CONNECTIONS" --max-in-flight "$BENCH_IN_FLIGHT" --drift-rate "$BENCH_DRIFT" \
     "$@" >"$BENCH_OUT/$name.txt" 2>"$BENCH_OUT/$name.progress" || true
   sed -n '/== opampd-loadtest summary ==/,/^PASS\|^FAIL/p' "$BENCH_OUT/$name.txt" >&2

@@ -11,13 +11,20 @@ pub mod runner;
 pub mod stats;
 pub mod transport;
 
-/// Runs a tool's main future on a multi-threaded runtime and maps its outcome to the exit code
-/// both tools share: 0 passed, 1 ran but failed its checks, 2 could not run.
+/// Runs a tool's main future on a runtime of `threads` threads (1: a single-threaded runtime)
+/// and maps its outcome to the exit code both tools share: 0 passed, 1 ran but failed its
+/// checks, 2 could not run.
 pub fn run_main(
+    threads: usize,
     main: impl std::future::Future<Output = anyhow::Result<bool>>,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let built = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -117,7 +117,7 @@ impl Measurement {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    opampd_loadtest::run_main(run(cli))
+    opampd_loadtest::run_main(2, run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
