@@ -119,7 +119,7 @@ stop() {
   if [ -f "$RUN_DIR/es.pid" ]; then
     kill "$(cat "$RUN_DIR/es.pid")" 2>/dev/null || true
     for _ in $(seq 1 30); do
-      kill -0 "$(cat "$RUN_DIR/es.pid")" 2>/dev/null || break
+      kill -0 "$(cat "$RUN_DIR/es.pid" 2>/dev/null)" 2>/dev/null || break
       sleep 1
     done
   fi
