@@ -148,4 +148,42 @@ mod tests {
             es::EsAuth::Basic { user: "u".into(), password: "p".into() }
         );
     }
+
+    #[test]
+    fn batching_flags_reach_the_backend_and_default_to_its_defaults() {
+        let backend = es::EsConfig::new("http://es:9200".parse().unwrap());
+        let cfg = es(EsAuth::None);
+        assert_eq!(
+            (cfg.bulk_max_items, cfg.bulk_max_wait, cfg.bulks_in_flight, cfg.queue_capacity),
+            (
+                backend.bulk_max_items,
+                backend.bulk_max_wait,
+                backend.bulks_in_flight,
+                backend.queue_capacity
+            )
+        );
+        assert_eq!(
+            (cfg.mget_max_items, cfg.mget_max_wait),
+            (backend.mget_max_items, backend.mget_max_wait)
+        );
+        let batching = EsBatching {
+            bulk_max_items: 7,
+            bulk_max_wait: Duration::from_millis(8),
+            bulks_in_flight: 9,
+            write_queue: 10,
+            mget_max_items: 11,
+            mget_max_wait: Duration::from_millis(12),
+        };
+        let cfg = es_config(&EsConfig {
+            url: "http://es:9200".parse().unwrap(),
+            index: "agents".into(),
+            auth: EsAuth::None,
+            batching,
+        });
+        assert_eq!(
+            (cfg.bulk_max_items, cfg.bulk_max_wait, cfg.bulks_in_flight, cfg.queue_capacity),
+            (7, Duration::from_millis(8), 9, 10)
+        );
+        assert_eq!((cfg.mget_max_items, cfg.mget_max_wait), (11, Duration::from_millis(12)));
+    }
 }
