@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
@@ -53,6 +54,10 @@ struct Cli {
     /// Only the single-PUT measurement, no `_bulk`.
     #[arg(long)]
     single_only: bool,
+    /// Spread `_id`s uniformly (UUID-shaped, like real agents' instance uids) instead of
+    /// writing consecutive ids, which Elasticsearch looks up more cheaply.
+    #[arg(long)]
+    random_ids: bool,
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
@@ -117,6 +122,7 @@ impl Measurement {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    RANDOM_IDS.store(cli.random_ids, Ordering::Relaxed);
     opampd_loadtest::run_main(2, run(cli))
 }
 
@@ -595,7 +601,35 @@ fn token(v: &Value) -> Option<Token> {
 
 /// UUID-shaped ids, like opampd's (canonical instance_uid strings).
 fn doc_id(i: usize) -> String {
-    format!("018f0000-0000-7000-8000-{i:012x}")
+    id_for(i, RANDOM_IDS.load(Ordering::Relaxed))
+}
+
+fn id_for(i: usize, random: bool) -> String {
+    if random {
+        // splitmix64 is a bijection on u64, so ids stay distinct; all 64 bits of `a` are kept.
+        let a = splitmix64(i as u64);
+        let b = splitmix64(a);
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xffff,
+            b >> 48,
+            b & 0xffff_ffff_ffff
+        )
+    } else {
+        format!("018f0000-0000-7000-8000-{i:012x}")
+    }
+}
+
+/// Set once from `--random-ids` before any document is written.
+static RANDOM_IDS: AtomicBool = AtomicBool::new(false);
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A document shaped like an opampd agent document and padded to about `doc_bytes`.
@@ -857,6 +891,20 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_ids_are_distinct_and_uuid_shaped() {
+        let ids: Vec<String> = (0..10_000).map(|i| id_for(i, true)).collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        for id in &ids {
+            let groups: Vec<usize> = id.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+            assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{id}");
+        }
+        // Consecutive documents do not get neighbouring ids.
+        assert_ne!(ids[0][..8], ids[1][..8]);
+    }
 
     #[test]
     fn rfc3339_matches_opampd_format() {
