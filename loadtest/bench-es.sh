@@ -34,6 +34,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# ceiling NAME ARGS...: one es-ceiling run (bulks of 500, 4 in flight, as opampd's group commit)
+# writing $BENCH_OUT/NAME.{json,txt}; prints its items/s.
+ceiling() {
+  local name=$1; shift
+  timeout --signal=KILL 900 "${PIN[@]}" "$BIN/es-ceiling" --es-url "$ES" --bulk 500 --concurrency 4 \
+    --duration "$BENCH_CEILING_SECS" --json-out "$BENCH_OUT/$name.json" "$@" >"$BENCH_OUT/$name.txt"
+  jq .best_bulk_items_per_s "$BENCH_OUT/$name.json"
+}
+
 curl -fsS --max-time 5 "$ES/_cluster/health" >/dev/null || { log "elasticsearch at $ES is down (scripts/elasticsearch.sh start)"; exit 1; }
 mkdir -p "$BENCH_OUT"
 build
@@ -45,9 +54,7 @@ log "(a) warming elasticsearch up for ${BENCH_ES_WARMUP_SECS}s (not measured)"
 timeout --signal=KILL 900 "${PIN[@]}" "$BIN/es-ceiling" --es-url "$ES" --bulk 500 --concurrency 4 \
   --duration "$BENCH_ES_WARMUP_SECS" >"$BENCH_OUT/es-warmup.txt"
 log "(a) raw ceiling: es-ceiling bulk 500 x4 for ${BENCH_CEILING_SECS}s"
-timeout --signal=KILL 900 "${PIN[@]}" "$BIN/es-ceiling" --es-url "$ES" --bulk 500 --concurrency 4 \
-  --duration "$BENCH_CEILING_SECS" --json-out "$BENCH_OUT/ceiling.json" >"$BENCH_OUT/ceiling.txt"
-CEILING=$(jq .best_bulk_items_per_s "$BENCH_OUT/ceiling.json")
+CEILING=$(ceiling ceiling)
 log "raw CAS bulk ceiling: $CEILING items/s"
 
 log "(b) opampd on elasticsearch, index $INDEX"
@@ -60,9 +67,7 @@ timeout --signal=KILL 120 "${PIN[@]}" "$BIN/opampd-loadtest" --target "$TARGET_U
   --duration 2 --warmup 0 --drift-rate 0 --json-out "$BENCH_OUT/enroll.json" \
   >"$BENCH_OUT/enroll.txt" 2>"$BENCH_OUT/enroll.progress" \
   || { log "enrolling agents failed:"; tail -n 20 "$BENCH_OUT/enroll.txt" "$BENCH_OUT/enroll.progress" >&2; exit 1; }
-timeout --signal=KILL 900 "${PIN[@]}" "$BIN/es-ceiling" --es-url "$ES" --like-index "$INDEX" --bulk 500 --concurrency 4 \
-  --duration "$BENCH_CEILING_SECS" --json-out "$BENCH_OUT/ceiling-like.json" >"$BENCH_OUT/ceiling-like.txt"
-CEILING_LIKE=$(jq .best_bulk_items_per_s "$BENCH_OUT/ceiling-like.json")
+CEILING_LIKE=$(ceiling ceiling-like --like-index "$INDEX")
 log "raw CAS bulk ceiling on $INDEX's documents ($(jq .avg_doc_bytes "$BENCH_OUT/ceiling-like.json") bytes each): $CEILING_LIKE items/s"
 
 # Index-level stats only count opampd's own index, so other users of the same ES do not skew
@@ -107,13 +112,9 @@ stop_opampd
 # below is the higher of the two measurements of each kind, so the ratio is never flattered by
 # a cold first measurement.
 log "(e) the ceilings again on the warm node (the higher of each pair counts)"
-timeout --signal=KILL 900 "${PIN[@]}" "$BIN/es-ceiling" --es-url "$ES" --bulk 500 --concurrency 4 \
-  --duration "$BENCH_CEILING_SECS" --json-out "$BENCH_OUT/ceiling-after.json" >"$BENCH_OUT/ceiling-after.txt"
-timeout --signal=KILL 900 "${PIN[@]}" "$BIN/es-ceiling" --es-url "$ES" --like-index "$INDEX" --bulk 500 --concurrency 4 \
-  --duration "$BENCH_CEILING_SECS" --json-out "$BENCH_OUT/ceiling-like-after.json" >"$BENCH_OUT/ceiling-like-after.txt"
 CEILING_BEFORE=$CEILING; CEILING_LIKE_BEFORE=$CEILING_LIKE
-CEILING_AFTER=$(jq .best_bulk_items_per_s "$BENCH_OUT/ceiling-after.json")
-CEILING_LIKE_AFTER=$(jq .best_bulk_items_per_s "$BENCH_OUT/ceiling-like-after.json")
+CEILING_AFTER=$(ceiling ceiling-after)
+CEILING_LIKE_AFTER=$(ceiling ceiling-like-after --like-index "$INDEX")
 CEILING=$(jq -n --argjson a "$CEILING_BEFORE" --argjson b "$CEILING_AFTER" '[$a, $b] | max')
 CEILING_LIKE=$(jq -n --argjson a "$CEILING_LIKE_BEFORE" --argjson b "$CEILING_LIKE_AFTER" '[$a, $b] | max')
 log "ceilings before / after: synthetic $CEILING_BEFORE / $CEILING_AFTER, same documents $CEILING_LIKE_BEFORE / $CEILING_LIKE_AFTER items/s"

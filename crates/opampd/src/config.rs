@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use opamp_store::elasticsearch::config as es_defaults;
 use url::Url;
 
 /// The exit code for a bad configuration (`EX_USAGE` from sysexits.h).
@@ -236,12 +237,12 @@ pub struct EsBatching {
 impl EsBatching {
     /// The command line defaults.
     pub const DEFAULT: Self = Self {
-        bulk_max_items: 500,
-        bulk_max_wait: Duration::from_millis(5),
-        bulks_in_flight: 4,
-        write_queue: 20_000,
-        mget_max_items: 256,
-        mget_max_wait: Duration::from_millis(1),
+        bulk_max_items: es_defaults::DEFAULT_BULK_MAX_ITEMS,
+        bulk_max_wait: es_defaults::DEFAULT_BULK_MAX_WAIT,
+        bulks_in_flight: es_defaults::DEFAULT_BULKS_IN_FLIGHT,
+        write_queue: es_defaults::DEFAULT_WRITE_QUEUE,
+        mget_max_items: es_defaults::DEFAULT_MGET_MAX_ITEMS,
+        mget_max_wait: es_defaults::DEFAULT_MGET_MAX_WAIT,
     };
 }
 

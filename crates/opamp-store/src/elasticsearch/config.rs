@@ -83,6 +83,15 @@ pub struct EsConfig {
     pub read_queue_capacity: usize,
 }
 
+/// Group-commit and read-batching defaults, sized for a 2-core ES node (opampd's command line
+/// defaults are these too).
+pub const DEFAULT_BULK_MAX_ITEMS: usize = 500;
+pub const DEFAULT_BULK_MAX_WAIT: Duration = Duration::from_millis(5);
+pub const DEFAULT_BULKS_IN_FLIGHT: usize = 4;
+pub const DEFAULT_WRITE_QUEUE: usize = 20_000;
+pub const DEFAULT_MGET_MAX_ITEMS: usize = 256;
+pub const DEFAULT_MGET_MAX_WAIT: Duration = Duration::from_millis(1);
+
 impl EsConfig {
     /// Defaults sized for a 2-core ES node: bulks of up to 500 items after at most 5 ms.
     pub fn new(url: Url) -> Self {
@@ -92,12 +101,12 @@ impl EsConfig {
             auth: EsAuth::None,
             request_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(2),
-            bulk_max_items: 500,
-            bulk_max_wait: Duration::from_millis(5),
-            bulks_in_flight: 4,
-            queue_capacity: 20_000,
-            mget_max_items: 256,
-            mget_max_wait: Duration::from_millis(1),
+            bulk_max_items: DEFAULT_BULK_MAX_ITEMS,
+            bulk_max_wait: DEFAULT_BULK_MAX_WAIT,
+            bulks_in_flight: DEFAULT_BULKS_IN_FLIGHT,
+            queue_capacity: DEFAULT_WRITE_QUEUE,
+            mget_max_items: DEFAULT_MGET_MAX_ITEMS,
+            mget_max_wait: DEFAULT_MGET_MAX_WAIT,
             mgets_in_flight: 4,
             read_queue_capacity: 20_000,
         }

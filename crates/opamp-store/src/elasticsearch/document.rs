@@ -422,11 +422,9 @@ mod tests {
 
     fn record() -> AgentRecord {
         AgentRecord {
-            instance_uid: InstanceUid::from_bytes([7; 16]),
             sequence_num: 42,
             capabilities: agent_caps::REPORTS_STATUS | agent_caps::REPORTS_HEALTH,
             status: AgentStatus::Degraded,
-            enrolled_at: 1_700_000_000_000,
             last_checkin: 1_700_000_030_123,
             agent_description: Some(Arc::new(v1::AgentDescription {
                 identifying_attributes: vec![
@@ -444,12 +442,7 @@ mod tests {
                 status: "StatusRecoverableError".into(),
                 ..Default::default()
             })),
-            effective_config: None,
-            remote_config_status: None,
-            package_statuses: None,
-            custom_capabilities: None,
-            available_components: None,
-            connection_settings_status: None,
+            ..AgentRecord::new(InstanceUid::from_bytes([7; 16]), 1_700_000_000_000)
         }
     }
 
