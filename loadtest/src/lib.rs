@@ -3,6 +3,7 @@
 //! knows the wire types (`opamp-proto`) and nothing of the server's crates.
 
 pub mod agent;
+pub mod config;
 pub mod latency;
 pub mod loopback;
 pub mod report;

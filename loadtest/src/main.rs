@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use opampd_loadtest::config::RunConfig;
 use opampd_loadtest::loopback::parse_loopback_url;
-use opampd_loadtest::runner::{self, RunConfig};
+use opampd_loadtest::runner;
 use opampd_loadtest::transport::{HttpTransport, Transport, WsTransport};
 
 // The load generator shares the machine with the server and Elasticsearch in every benchmark:

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::config::RunConfig;
 use crate::latency::{LatencySummary, round3};
-use crate::runner::RunConfig;
 use crate::stats::Stats;
 
 /// One progress line.

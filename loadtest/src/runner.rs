@@ -12,29 +12,11 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::agent::{Agent, Injection};
+use crate::config::RunConfig;
 use crate::report::{Progress, Summary};
 use crate::rng::SplitMix64;
 use crate::stats::Stats;
 use crate::transport::Transport;
-
-/// What to run; validated by the caller.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub agents: usize,
-    /// Scheduled messages per second, all agents together (follow-up full statuses come on top).
-    pub rate: f64,
-    pub duration: Duration,
-    /// Latency and throughput before this are left out of the steady-state figures.
-    pub warmup: Duration,
-    pub max_in_flight: usize,
-    pub drift_rate: f64,
-    pub seed: u64,
-    /// Full statuses an agent sends back-to-back when asked repeatedly, before waiting its turn.
-    pub max_followups: u32,
-    pub progress_every: Duration,
-    /// How long in-flight requests may take to finish after the run's end.
-    pub drain_timeout: Duration,
-}
 
 /// An agent parked between turns; `None` while one of its messages is in flight.
 type Slot = Mutex<Option<Agent>>;

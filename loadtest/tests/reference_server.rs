@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use opamp_proto::v1::{AgentToServer, ServerToAgent};
 use opamp_proto::{Message, server_caps, server_flags};
-use opampd_loadtest::runner::{self, RunConfig};
+use opampd_loadtest::config::RunConfig;
+use opampd_loadtest::runner;
 use opampd_loadtest::transport::{HttpTransport, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

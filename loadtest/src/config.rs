@@ -1,0 +1,24 @@
+//! What a run is asked to do: the parameters the runner paces by and the report echoes. Plain
+//! data shared by both, so neither depends on the other for it; it depends on no other module and
+//! validates nothing (the CLI does).
+
+use std::time::Duration;
+
+/// What to run; validated by the caller.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub agents: usize,
+    /// Scheduled messages per second, all agents together (follow-up full statuses come on top).
+    pub rate: f64,
+    pub duration: Duration,
+    /// Latency and throughput before this are left out of the steady-state figures.
+    pub warmup: Duration,
+    pub max_in_flight: usize,
+    pub drift_rate: f64,
+    pub seed: u64,
+    /// Full statuses an agent sends back-to-back when asked repeatedly, before waiting its turn.
+    pub max_followups: u32,
+    pub progress_every: Duration,
+    /// How long in-flight requests may take to finish after the run's end.
+    pub drain_timeout: Duration,
+}
