@@ -1,4 +1,4 @@
-//! The merge of DESIGN.md "State merge": nothing the agent left out is lost, status follows
+//! The merge of docs/design.md "State merge": nothing the agent left out is lost, status follows
 //! health and goodbyes, and the bookkeeping fields move as the rules say.
 
 use opamp_core::{AgentRecord, AgentStatus, DEFAULT_OFFLINE_AFTER_MS, merge};
