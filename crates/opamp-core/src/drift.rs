@@ -1,5 +1,5 @@
 //! The drift rules: when the server must set `ReportFullState` so the agent resends everything.
-//! They run against the freshest stored state, before the conditional write (see DESIGN.md).
+//! They run against the freshest stored state, before the conditional write (see docs/design.md).
 
 use opamp_proto::agent_caps as caps;
 use opamp_proto::v1::AgentToServer;
@@ -21,14 +21,45 @@ pub fn has_full_status(msg: &AgentToServer) -> bool {
         && needs(caps::REPORTS_CONNECTION_SETTINGS_STATUS, msg.connection_settings_status.is_some())
 }
 
-/// True when the reply to `msg` must carry `ReportFullState`, given the stored record.
-pub fn should_request_full_state(stored: Option<&AgentRecord>, msg: &AgentToServer) -> bool {
-    match stored {
-        None => !has_full_status(msg),
+/// Why a reply asks the agent for its full state: which drift rule fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FullStateReason {
+    /// No stored record, and the message is not a full status report.
+    NewAgent,
+    /// The agent said goodbye and came back from `sequence_num` 0 without a full report.
+    Reconnect,
+    /// `sequence_num` is not the stored one plus one: a lost, repeated or reordered message.
+    SequenceGap,
+}
+
+impl FullStateReason {
+    pub const ALL: [Self; 3] = [Self::NewAgent, Self::Reconnect, Self::SequenceGap];
+
+    /// The metrics `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NewAgent => "new_agent",
+            Self::Reconnect => "reconnect",
+            Self::SequenceGap => "sequence_gap",
+        }
+    }
+}
+
+/// Whether the reply to `msg` must carry `ReportFullState` given the stored record, and why:
+/// `None` when the stored state already is the agent's state.
+pub fn full_state_reason(
+    stored: Option<&AgentRecord>,
+    msg: &AgentToServer,
+) -> Option<FullStateReason> {
+    let (asked, reason) = match stored {
+        None => (!has_full_status(msg), FullStateReason::NewAgent),
         Some(s) if s.status == AgentStatus::Disconnected && msg.sequence_num == 0 => {
-            !has_full_status(msg)
+            (!has_full_status(msg), FullStateReason::Reconnect)
         }
         // wrapping: a stored u64::MAX followed by 0 is in sequence, not a gap
-        Some(s) => msg.sequence_num != s.sequence_num.wrapping_add(1),
-    }
+        Some(s) => {
+            (msg.sequence_num != s.sequence_num.wrapping_add(1), FullStateReason::SequenceGap)
+        }
+    };
+    asked.then_some(reason)
 }

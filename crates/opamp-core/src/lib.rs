@@ -10,7 +10,7 @@ mod merge;
 mod record;
 mod response;
 
-pub use drift::{has_full_status, should_request_full_state};
+pub use drift::{FullStateReason, full_state_reason, has_full_status};
 pub use merge::merge;
 pub use record::{AgentRecord, AgentStatus, DEFAULT_OFFLINE_AFTER_MS, Timestamp};
 pub use response::{

@@ -31,8 +31,8 @@ pub fn merge(
         status_from_health(h)
     } else if matches!(r.status, AgentStatus::Disconnected | AgentStatus::Offline) {
         // Back after a goodbye without new health: the last known health decides. `Offline` is
-        // never meant to be stored, but `AgentStatus::parse` accepts it, so a record that came
-        // back from a store that way must not read offline while the agent is checking in.
+        // derived at read time and never meant to be stored; a record that holds it anyway
+        // must not read offline while the agent is checking in.
         r.health.as_deref().map_or(AgentStatus::Online, status_from_health)
     } else {
         r.status

@@ -33,17 +33,6 @@ impl AgentStatus {
             Self::Offline => "offline",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "online" => Self::Online,
-            "degraded" => Self::Degraded,
-            "error" => Self::Error,
-            "disconnected" => Self::Disconnected,
-            "offline" => Self::Offline,
-            _ => return None,
-        })
-    }
 }
 
 /// Everything the server keeps about one agent. Sub-messages are `None` until the agent first

@@ -6,7 +6,7 @@ use opamp_proto::v1::{
 };
 use opamp_proto::{Bytes, InstanceUid, agent_flags, server_caps, server_flags};
 
-use crate::drift::should_request_full_state;
+use crate::drift::{FullStateReason, full_state_reason};
 use crate::merge::merge;
 use crate::record::{AgentRecord, Timestamp};
 
@@ -32,7 +32,8 @@ impl Default for ServerConfig {
 pub struct Processed {
     pub record: AgentRecord,
     pub response: ServerToAgent,
-    pub report_full_state: bool,
+    /// Set when the reply asks for the full state, naming the drift rule that fired.
+    pub report_full_state: Option<FullStateReason>,
 }
 
 /// Checks what the core needs of a decoded message: a 16-byte `instance_uid`.
@@ -52,7 +53,7 @@ pub fn process(
     new_uid: impl FnOnce() -> InstanceUid,
     config: &ServerConfig,
 ) -> Processed {
-    let report_full_state = should_request_full_state(stored.as_ref(), msg);
+    let report_full_state = full_state_reason(stored.as_ref(), msg);
     let record = merge(stored, uid, msg, now);
     let mut response = ServerToAgent {
         instance_uid: msg.instance_uid.clone(),
@@ -61,7 +62,7 @@ pub fn process(
         capabilities: config.capabilities | server_caps::ACCEPTS_STATUS,
         ..Default::default()
     };
-    if report_full_state {
+    if report_full_state.is_some() {
         response.flags |= server_flags::REPORT_FULL_STATE;
     }
     if msg.flags & agent_flags::REQUEST_INSTANCE_UID != 0 {

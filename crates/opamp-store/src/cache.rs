@@ -19,7 +19,7 @@ use opamp_proto::InstanceUid;
 use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
 
 /// Tuning of [`CachedStore`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheConfig {
     /// How long an entry may serve reads after it was written or read from the backend. Longer
     /// than the agents' heartbeat, or every heartbeat misses; staleness is caught by the CAS.
@@ -30,9 +30,14 @@ pub struct CacheConfig {
     pub max_bytes: u64,
 }
 
+impl CacheConfig {
+    /// The defaults: 120 s (four 30 s heartbeats), 1 GiB (a 100K fleet fits many times over).
+    pub const DEFAULT: Self = Self { ttl: Duration::from_secs(120), max_bytes: 1 << 30 };
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(120), max_bytes: 1 << 30 }
+        Self::DEFAULT
     }
 }
 
@@ -92,6 +97,7 @@ impl<S> CachedStore<S> {
 
 impl<S: AgentStore> CachedStore<S> {
     pub fn new(inner: S, config: CacheConfig) -> Self {
+        crate::metrics::register_cache();
         let cache = Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_, v: &Versioned| weight(&v.record))
@@ -121,11 +127,11 @@ impl<S: AgentStore> AgentStore for CachedStore<S> {
     async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
         if let Some(hit) = self.cache.get(&uid).await {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("opampd_cache_hits_total").increment(1);
+            metrics::counter!(crate::metrics::CACHE_HITS_TOTAL).increment(1);
             return Ok(Some(hit));
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("opampd_cache_misses_total").increment(1);
+        metrics::counter!(crate::metrics::CACHE_MISSES_TOTAL).increment(1);
         let read = self.inner.get(uid).await?;
         if let Some(fresh) = &read {
             self.remember(fresh.clone()).await;

@@ -20,6 +20,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::metrics as m;
 use crate::{AgentStore, Precondition, StoreError, Version, Versioned, codec};
 
 /// uid bytes -> 8-byte big-endian `seq_no` followed by the [`codec`] encoding. Byte-array keys
@@ -124,6 +125,7 @@ impl EmbeddedStore {
         let (queue, rx) = mpsc::channel(config.queue_capacity);
         let commits = Arc::new(AtomicU64::new(0));
         let writer = tokio::spawn(writer_loop(db.clone(), rx, config, commits.clone()));
+        m::register_embedded();
         tracing::info!(path = %path.display(), "embedded store open");
         Ok(Self { db, queue, writer, commits, path })
     }
@@ -212,8 +214,7 @@ impl AgentStore for EmbeddedStore {
         };
         self.queue.try_send(op).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
-                metrics::counter!("opampd_store_overloaded_total", "backend" => "embedded")
-                    .increment(1);
+                metrics::counter!(m::STORE_OVERLOADED_TOTAL, "backend" => m::EMBEDDED).increment(1);
                 StoreError::Overloaded
             }
             mpsc::error::TrySendError::Closed(_) => {
@@ -290,11 +291,11 @@ async fn writer_loop(
             Ok((answers, committed)) => {
                 if let Ok(size) = committed {
                     commits.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("opampd_store_commits_total", "backend" => "embedded")
+                    metrics::counter!(m::STORE_COMMITS_TOTAL, "backend" => m::EMBEDDED)
                         .increment(1);
-                    metrics::histogram!("opampd_store_batch_size", "backend" => "embedded")
+                    metrics::histogram!(m::STORE_BATCH_SIZE, "backend" => m::EMBEDDED)
                         .record(size as f64);
-                    metrics::histogram!("opampd_store_commit_seconds", "backend" => "embedded")
+                    metrics::histogram!(m::STORE_COMMIT_SECONDS, "backend" => m::EMBEDDED)
                         .record(started.elapsed().as_secs_f64());
                 }
                 for answer in answers {
@@ -393,7 +394,7 @@ fn commit_batch(db: &Database, ops: Vec<Op>) -> (Vec<Answer>, Result<usize, Stor
                             }
                             Err(e) => {
                                 if e == StoreError::Conflict {
-                                    metrics::counter!("opampd_store_conflicts_total", "backend" => "embedded")
+                                    metrics::counter!(m::STORE_CONFLICTS_TOTAL, "backend" => m::EMBEDDED)
                                         .increment(1);
                                 }
                                 Err(e)

@@ -18,6 +18,10 @@ pub mod codec;
 pub mod conformance;
 pub mod elasticsearch;
 pub mod embedded;
+pub mod metrics;
+mod secret;
+
+pub use secret::Secret;
 
 /// The version a record was read at. Opaque to callers: they hand it back to [`AgentStore::put`].
 /// For Elasticsearch it is (`_seq_no`, `_primary_term`); the embedded store uses a counter.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,6 +14,7 @@ use opamp_proto::v1::{
     AgentConfigMap, AnyValue, ComponentDetails, ComponentHealth, KeyValue, PackageStatus, any_value,
 };
 use opamp_proto::{InstanceUid, agent_caps};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::state::AppState;
@@ -23,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/agents", get(agents))
         .route("/api/agents/{uid}", get(agent))
         .with_state(state)
 }
@@ -50,6 +52,46 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Agents per page when the caller names no `limit`, and the most it may ask for.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1_000;
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    /// The `next_cursor` of the previous page: opaque to callers.
+    cursor: Option<String>,
+}
+
+/// `GET /api/agents?limit=&cursor=`: every agent in a stable order, a page at a time, as
+/// `{"agents": [...], "next_cursor": "..." | null}`. Off the hot path: on Elasticsearch it is a
+/// search, never run for an OpAMP message.
+async fn agents(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let after = match q.cursor.as_deref().map(str::parse::<InstanceUid>) {
+        None => None,
+        Some(Ok(uid)) => Some(uid),
+        Some(Err(_)) => {
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": "bad cursor"}))).into_response();
+        }
+    };
+    // one more than asked says whether another page exists
+    match state.service.store().list(after, limit + 1).await {
+        Ok(mut records) => {
+            let next_cursor = (records.len() > limit).then(|| {
+                records.truncate(limit);
+                records.last().map(|r| r.instance_uid.to_string())
+            });
+            let now = state.service.now();
+            let offline_after = state.offline_after.as_millis() as u64;
+            let agents: Vec<Value> =
+                records.iter().map(|r| record_json(r, now, offline_after)).collect();
+            Json(json!({"agents": agents, "next_cursor": next_cursor.flatten()})).into_response()
+        }
+        Err(e) => store_read_failed(&e),
+    }
+}
+
 async fn agent(State(state): State<AppState>, Path(uid): Path<String>) -> Response {
     let Ok(uid) = uid.parse::<InstanceUid>() else {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "not a uuid"}))).into_response();
@@ -68,15 +110,21 @@ async fn agent(State(state): State<AppState>, Path(uid): Path<String>) -> Respon
             (StatusCode::NOT_FOUND, Json(json!({"error": "unknown agent"}))).into_response()
         }
         Err(e) => {
-            tracing::warn!(instance_uid = %uid, error = %e, "admin agent read failed");
-            let status = if e.is_transient() {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            (status, Json(json!({"error": "store read failed"}))).into_response()
+            tracing::warn!(instance_uid = %uid, "admin agent read failed");
+            store_read_failed(&e)
         }
     }
+}
+
+/// 503 for a transient store failure, 500 otherwise; the details go to the log only.
+fn store_read_failed(e: &opamp_store::StoreError) -> Response {
+    tracing::warn!(error = %e, "admin store read failed");
+    let status = if e.is_transient() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (status, Json(json!({"error": "store read failed"}))).into_response()
 }
 
 /// The admin view of one agent; `status` is as of `now` (so it can read `offline`).

@@ -7,8 +7,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use opamp_store::elasticsearch::config as es_defaults;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use opamp_core::DEFAULT_OFFLINE_AFTER_MS;
+use opamp_store::Secret;
+use opamp_store::cache::CacheConfig;
+use opamp_store::elasticsearch::config as es;
+use opamp_store::elasticsearch::{EsAuth, EsConfig};
 use url::Url;
 
 /// The exit code for a bad configuration (`EX_USAGE` from sysexits.h).
@@ -18,15 +22,13 @@ pub const EXIT_CONFIG: i32 = 64;
 /// agent races the server's close (fleet-server's EOF errors at 30 s vs 30 s).
 pub const AGENT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Upper bound of `--es-bulk-max-wait` and `--es-mget-max-wait`: a batching wait is added to
-/// every message's latency.
-pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(1);
-
 /// Upper bound of `--max-ws-sessions`: far above what one process can hold (each session is
 /// a socket), and small enough that draining can wait for every session slot at once.
 pub const MAX_WS_SESSIONS_CEILING: u32 = 10_000_000;
 
-/// Raw command line, every flag also readable from an `OPAMPD_*` environment variable.
+/// Raw command line, every flag also readable from an `OPAMPD_*` environment variable. The
+/// defaults written here are the only ones: [`Config::embedded`] reads them from these
+/// declarations, and the store's settings take theirs from the store's constants.
 #[derive(Parser, Clone)]
 #[command(name = "opampd", version, about = "OpAMP server")]
 pub struct Cli {
@@ -47,18 +49,19 @@ pub struct Cli {
     pub data_dir: PathBuf,
 
     /// Largest accepted message after decompression, e.g. 64MiB, 512KiB, 1048576.
-    #[arg(long, env = "OPAMPD_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = parse_size)]
-    pub max_message_bytes: u64,
+    #[arg(long, env = "OPAMPD_MAX_MESSAGE_BYTES", default_value_t = Size(64 << 20))]
+    pub max_message_bytes: Size,
 
     /// Elasticsearch URL (required with --store elasticsearch).
     #[arg(long, env = "OPAMPD_ES_URL")]
     pub es_url: Option<String>,
 
     /// Elasticsearch index holding one document per agent.
-    #[arg(long, env = "OPAMPD_ES_INDEX", default_value = ".fleet-agents")]
+    #[arg(long, env = "OPAMPD_ES_INDEX", default_value = es::DEFAULT_INDEX)]
     pub es_index: String,
 
-    /// Elasticsearch API key (prefer the environment variable or --es-api-key-file).
+    /// Elasticsearch API key, `id:key` or encoded (prefer the environment variable or
+    /// --es-api-key-file).
     #[arg(long, env = "OPAMPD_ES_API_KEY", hide_env_values = true)]
     pub es_api_key: Option<Secret>,
 
@@ -75,62 +78,66 @@ pub struct Cli {
     pub es_password: Option<Secret>,
 
     /// Group commit: most writes in one Elasticsearch `_bulk` request.
-    #[arg(long, env = "OPAMPD_ES_BULK_MAX_ITEMS", default_value_t = EsBatching::DEFAULT.bulk_max_items)]
+    #[arg(long, env = "OPAMPD_ES_BULK_MAX_ITEMS", default_value_t = es::DEFAULT_BULK_MAX_ITEMS)]
     pub es_bulk_max_items: usize,
 
     /// Group commit: longest a write waits for others to share its `_bulk`, e.g. 5ms. Longer
     /// gives bigger bulks (cheaper for Elasticsearch) at the cost of latency.
-    #[arg(long, env = "OPAMPD_ES_BULK_MAX_WAIT", default_value = "5ms", value_parser = parse_duration)]
-    pub es_bulk_max_wait: Duration,
+    #[arg(long, env = "OPAMPD_ES_BULK_MAX_WAIT", default_value_t = Wait(es::DEFAULT_BULK_MAX_WAIT))]
+    pub es_bulk_max_wait: Wait,
 
     /// Group commit: `_bulk` requests in flight at once; writes wait (and batch up) beyond it.
-    #[arg(long, env = "OPAMPD_ES_BULKS_IN_FLIGHT", default_value_t = EsBatching::DEFAULT.bulks_in_flight)]
+    #[arg(long, env = "OPAMPD_ES_BULKS_IN_FLIGHT", default_value_t = es::DEFAULT_BULKS_IN_FLIGHT)]
     pub es_bulks_in_flight: usize,
 
     /// Writes accepted but not yet sent to Elasticsearch; beyond it messages get 503 +
     /// Retry-After instead of queueing.
-    #[arg(long, env = "OPAMPD_ES_WRITE_QUEUE", default_value_t = EsBatching::DEFAULT.write_queue)]
+    #[arg(long, env = "OPAMPD_ES_WRITE_QUEUE", default_value_t = es::DEFAULT_WRITE_QUEUE)]
     pub es_write_queue: usize,
 
     /// Cache-miss reads batched into one realtime `_mget` at most.
-    #[arg(long, env = "OPAMPD_ES_MGET_MAX_ITEMS", default_value_t = EsBatching::DEFAULT.mget_max_items)]
+    #[arg(long, env = "OPAMPD_ES_MGET_MAX_ITEMS", default_value_t = es::DEFAULT_MGET_MAX_ITEMS)]
     pub es_mget_max_items: usize,
 
     /// Longest a cache-miss read waits for others to share its `_mget`, e.g. 1ms.
-    #[arg(long, env = "OPAMPD_ES_MGET_MAX_WAIT", default_value = "1ms", value_parser = parse_duration)]
-    pub es_mget_max_wait: Duration,
+    #[arg(long, env = "OPAMPD_ES_MGET_MAX_WAIT", default_value_t = Wait(es::DEFAULT_MGET_MAX_WAIT))]
+    pub es_mget_max_wait: Wait,
 
     /// How long a cached agent record (elasticsearch store) serves reads, e.g. 120s. Longer
     /// than the agents' 30 s heartbeat, or every heartbeat misses; staleness is caught by CAS.
-    #[arg(long, env = "OPAMPD_CACHE_TTL", default_value = "120s", value_parser = parse_duration)]
-    pub cache_ttl: Duration,
+    #[arg(long, env = "OPAMPD_CACHE_TTL", default_value_t = Wait(CacheConfig::DEFAULT.ttl))]
+    pub cache_ttl: Wait,
 
     /// Memory budget of the read cache (elasticsearch store), e.g. 1GiB. Size it so the whole
     /// fleet fits (about 1-3 KiB per agent, more with large effective configs): an agent evicted
     /// costs a realtime read on its next heartbeat.
-    #[arg(long, env = "OPAMPD_CACHE_MAX_BYTES", default_value = "1GiB", value_parser = parse_size)]
-    pub cache_max_bytes: u64,
+    #[arg(long, env = "OPAMPD_CACHE_MAX_BYTES", default_value_t = Size(CacheConfig::DEFAULT.max_bytes))]
+    pub cache_max_bytes: Size,
 
     /// Most OpAMP requests handled at once; beyond it requests get 503 + Retry-After.
     #[arg(long, env = "OPAMPD_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
     /// Silence after which an agent reads as offline, e.g. 6m.
-    #[arg(long, env = "OPAMPD_OFFLINE_AFTER", default_value = "6m", value_parser = parse_duration)]
-    pub offline_after: Duration,
+    #[arg(
+        long,
+        env = "OPAMPD_OFFLINE_AFTER",
+        default_value_t = Wait(Duration::from_millis(DEFAULT_OFFLINE_AFTER_MS))
+    )]
+    pub offline_after: Wait,
 
     /// Time in-flight requests get to finish after SIGTERM/SIGINT, e.g. 25s.
-    #[arg(long, env = "OPAMPD_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
+    #[arg(long, env = "OPAMPD_SHUTDOWN_GRACE", default_value = "25s")]
+    pub shutdown_grace: Wait,
 
     /// Longest time one OpAMP request may take (body read, store, reply); then 503.
-    #[arg(long, env = "OPAMPD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
+    #[arg(long, env = "OPAMPD_REQUEST_TIMEOUT", default_value = "10s")]
+    pub request_timeout: Wait,
 
     /// How long an idle keep-alive connection (or a slow request head) is kept; must exceed the
     /// 30 s agent poll interval.
-    #[arg(long, env = "OPAMPD_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
+    #[arg(long, env = "OPAMPD_IDLE_TIMEOUT", default_value = "90s")]
+    pub idle_timeout: Wait,
 
     /// Most WebSocket sessions open at once; beyond it upgrades get 503 + Retry-After.
     #[arg(long, env = "OPAMPD_MAX_WS_SESSIONS", default_value_t = 100_000)]
@@ -138,8 +145,8 @@ pub struct Cli {
 
     /// Silence after which a WebSocket session is closed, e.g. 5m; must exceed the 30 s agent
     /// heartbeat interval (any received frame, pings included, counts as activity).
-    #[arg(long, env = "OPAMPD_WS_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
-    pub ws_idle_timeout: Duration,
+    #[arg(long, env = "OPAMPD_WS_IDLE_TIMEOUT", default_value = "5m")]
+    pub ws_idle_timeout: Wait,
 
     /// Log output format.
     #[arg(long, env = "OPAMPD_LOG_FORMAT", value_enum, default_value = "text")]
@@ -147,7 +154,7 @@ pub struct Cli {
 }
 
 impl fmt::Debug for Cli {
-    // Hand-written so a secret read from a flag can never be printed by `{:?}`.
+    // Hand-written so the debug output stays short; secrets are `Secret`s and print redacted.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cli")
             .field("listen", &self.listen)
@@ -172,91 +179,69 @@ pub enum LogFormat {
     Json,
 }
 
-/// A credential: usable through [`Secret::expose`], printed as `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A duration flag: a number with unit `ms`, `s`, `m` or `h` (a bare number is seconds).
+/// Prints in the largest unit that divides it, so `--help` shows defaults as they are typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait(pub Duration);
 
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
+impl FromStr for Wait {
+    type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
+        parse_duration(s).map(Self)
     }
 }
 
-impl fmt::Debug for Secret {
+impl fmt::Display for Wait {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+        let ms = self.0.as_millis();
+        match ms {
+            0 => f.write_str("0s"),
+            ms if ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
+            ms if ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
+            ms if ms % 1_000 == 0 => write!(f, "{}s", ms / 1_000),
+            ms => write!(f, "{ms}ms"),
+        }
     }
 }
 
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// How opampd authenticates to Elasticsearch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EsAuth {
-    None,
-    ApiKey(Secret),
-    Basic { username: String, password: Secret },
-}
-
-/// Elasticsearch settings, present only with `--store elasticsearch`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EsConfig {
-    pub url: Url,
-    pub index: String,
-    pub auth: EsAuth,
-    pub batching: EsBatching,
-}
-
-/// Group commit and read batching towards Elasticsearch (`--es-bulk-*`, `--es-mget-*`).
+/// A byte-size flag: a number with optional unit `B`, `KiB`, `MiB`, `GiB` (or `K`, `M`, `G`,
+/// also binary, case-insensitive). Prints in the largest unit that divides it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EsBatching {
-    pub bulk_max_items: usize,
-    pub bulk_max_wait: Duration,
-    pub bulks_in_flight: usize,
-    pub write_queue: usize,
-    pub mget_max_items: usize,
-    pub mget_max_wait: Duration,
-}
+pub struct Size(pub u64);
 
-impl EsBatching {
-    /// The command line defaults.
-    pub const DEFAULT: Self = Self {
-        bulk_max_items: es_defaults::DEFAULT_BULK_MAX_ITEMS,
-        bulk_max_wait: es_defaults::DEFAULT_BULK_MAX_WAIT,
-        bulks_in_flight: es_defaults::DEFAULT_BULKS_IN_FLIGHT,
-        write_queue: es_defaults::DEFAULT_WRITE_QUEUE,
-        mget_max_items: es_defaults::DEFAULT_MGET_MAX_ITEMS,
-        mget_max_wait: es_defaults::DEFAULT_MGET_MAX_WAIT,
-    };
-}
+impl FromStr for Size {
+    type Err = String;
 
-impl Default for EsBatching {
-    fn default() -> Self {
-        Self::DEFAULT
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_size(s).map(Self)
     }
 }
 
-/// Which backend to open.
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, bytes) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if n != 0 && n.is_multiple_of(bytes) {
+                return write!(f, "{}{unit}", n / bytes);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+/// Which backend to open, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
-    Embedded { data_dir: PathBuf },
-    Elasticsearch(EsConfig),
+    Embedded {
+        data_dir: PathBuf,
+    },
+    /// The store's own settings type, built and validated here once, plus the read cache in
+    /// front of it.
+    Elasticsearch {
+        es: Box<EsConfig>,
+        cache: CacheConfig,
+    },
 }
 
 /// The validated configuration the server runs with.
@@ -266,8 +251,6 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub store: StoreConfig,
     pub max_message_bytes: usize,
-    pub cache_ttl: Duration,
-    pub cache_max_bytes: u64,
     pub max_in_flight: usize,
     pub offline_after: Duration,
     pub shutdown_grace: Duration,
@@ -279,27 +262,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for a server on the embedded store in `data_dir` (tests, embedding).
-    /// Equal to the command line defaults (a unit test keeps them in step) but built without
-    /// reading flags or `OPAMPD_*` variables.
+    /// The command line defaults for a server on the embedded store in `data_dir` (tests,
+    /// embedding), read from the flags' declarations but never from `OPAMPD_*` variables.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        let sec = Duration::from_secs;
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 4320)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 4321)),
-            store: StoreConfig::Embedded { data_dir: data_dir.into() },
-            max_message_bytes: 64 << 20,
-            cache_ttl: sec(120),
-            cache_max_bytes: 1 << 30,
-            max_in_flight: 1024,
-            offline_after: sec(360),
-            shutdown_grace: sec(25),
-            request_timeout: sec(10),
-            idle_timeout: sec(90),
-            max_ws_sessions: 100_000,
-            ws_idle_timeout: sec(300),
-            log_format: LogFormat::Text,
-        }
+        let mut cli = Cli::defaults();
+        cli.data_dir = data_dir.into();
+        // the defaults are valid (a unit test holds them to it) and name no file to read
+        cli.into_config().expect("the command line defaults are a valid configuration")
     }
 }
 
@@ -313,31 +282,40 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 }
 
 impl Cli {
+    /// Every flag at its declared default, ignoring the environment.
+    pub fn defaults() -> Self {
+        let command = Self::command().mut_args(|arg| arg.env(None));
+        command
+            .try_get_matches_from(["opampd"])
+            .and_then(|matches| Self::from_arg_matches(&matches))
+            .expect("every flag has a default or is optional")
+    }
+
     /// Checks every value and resolves credentials (reading `--es-api-key-file`).
     pub fn into_config(self) -> Result<Config, ConfigError> {
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(invalid("--listen and --admin-listen must differ"));
         }
-        let max_message_bytes = usize::try_from(self.max_message_bytes)
+        let max_message_bytes = usize::try_from(self.max_message_bytes.0)
             .ok()
             .filter(|n| *n >= 1024)
             .ok_or_else(|| invalid("--max-message-bytes must be at least 1KiB"))?;
         if self.max_in_flight == 0 {
             return Err(invalid("--max-in-flight must be at least 1"));
         }
-        if self.cache_max_bytes < 1 << 20 {
+        if self.cache_max_bytes.0 < 1 << 20 {
             return Err(invalid("--cache-max-bytes must be at least 1MiB"));
         }
-        if self.cache_ttl.is_zero() {
+        if self.cache_ttl.0.is_zero() {
             return Err(invalid("--cache-ttl must be positive"));
         }
-        if self.offline_after.is_zero() {
+        if self.offline_after.0.is_zero() {
             return Err(invalid("--offline-after must be positive"));
         }
-        if self.request_timeout.is_zero() {
+        if self.request_timeout.0.is_zero() {
             return Err(invalid("--request-timeout must be positive"));
         }
-        if self.idle_timeout <= AGENT_POLL_INTERVAL {
+        if self.idle_timeout.0 <= AGENT_POLL_INTERVAL {
             return Err(invalid(
                 "--idle-timeout must exceed the 30s agent poll interval (e.g. 90s)",
             ));
@@ -347,7 +325,7 @@ impl Cli {
                 "--max-ws-sessions must be between 1 and {MAX_WS_SESSIONS_CEILING}"
             )));
         }
-        if self.ws_idle_timeout <= AGENT_POLL_INTERVAL {
+        if self.ws_idle_timeout.0 <= AGENT_POLL_INTERVAL {
             return Err(invalid(
                 "--ws-idle-timeout must exceed the 30s agent heartbeat interval (e.g. 5m)",
             ));
@@ -357,114 +335,87 @@ impl Cli {
                 if self.data_dir.as_os_str().is_empty() {
                     return Err(invalid("--data-dir must not be empty"));
                 }
-                StoreConfig::Embedded { data_dir: self.data_dir }
+                StoreConfig::Embedded { data_dir: self.data_dir.clone() }
             }
-            StoreKind::Elasticsearch => StoreConfig::Elasticsearch(self.es_config()?),
+            StoreKind::Elasticsearch => StoreConfig::Elasticsearch {
+                es: Box::new(self.es_config()?),
+                cache: CacheConfig { ttl: self.cache_ttl.0, max_bytes: self.cache_max_bytes.0 },
+            },
         };
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
             store,
             max_message_bytes,
-            cache_ttl: self.cache_ttl,
-            cache_max_bytes: self.cache_max_bytes,
             max_in_flight: self.max_in_flight,
-            offline_after: self.offline_after,
-            shutdown_grace: self.shutdown_grace,
-            request_timeout: self.request_timeout,
-            idle_timeout: self.idle_timeout,
+            offline_after: self.offline_after.0,
+            shutdown_grace: self.shutdown_grace.0,
+            request_timeout: self.request_timeout.0,
+            idle_timeout: self.idle_timeout.0,
             max_ws_sessions: self.max_ws_sessions,
-            ws_idle_timeout: self.ws_idle_timeout,
+            ws_idle_timeout: self.ws_idle_timeout.0,
             log_format: self.log_format,
         })
     }
 
+    /// Builds the store's settings from the `--es-*` flags and validates them with the
+    /// store's own rules, naming the flag of a rejected value.
     fn es_config(&self) -> Result<EsConfig, ConfigError> {
         let raw = self
             .es_url
             .as_deref()
             .ok_or_else(|| invalid("--es-url is required with --store elasticsearch"))?;
-        let url = Url::parse(raw).map_err(|e| invalid(format!("--es-url {raw:?}: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(invalid(format!("--es-url {raw:?}: must be an http(s) url with a host")));
-        }
-        if !url.password().is_none_or(str::is_empty) {
-            return Err(invalid("--es-url must not carry a password; use --es-password"));
-        }
-        if self.es_index.is_empty()
-            || self.es_index.len() > 255
-            || self
-                .es_index
-                .chars()
-                .any(|c| c.is_ascii_uppercase() || r#" "*\<|,>/?#:"#.contains(c))
-        {
-            return Err(invalid(format!(
-                "--es-index {:?} is not a valid index name",
-                self.es_index
-            )));
-        }
+        let url = Url::parse(raw).map_err(|e| invalid(format!("--es-url: {e}")))?;
+        let mut es = EsConfig::new(url);
+        es.index.clone_from(&self.es_index);
+        es.auth = self.es_auth()?;
+        es.bulk_max_items = self.es_bulk_max_items;
+        es.bulk_max_wait = self.es_bulk_max_wait.0;
+        es.bulks_in_flight = self.es_bulks_in_flight;
+        es.write_queue = self.es_write_queue;
+        es.mget_max_items = self.es_mget_max_items;
+        es.mget_max_wait = self.es_mget_max_wait.0;
+        es.validate().map_err(|e| invalid(format!("--es-{}: {}", e.setting, e.reason)))?;
+        Ok(es)
+    }
+
+    fn es_auth(&self) -> Result<EsAuth, ConfigError> {
         let file_key = match &self.es_api_key_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| invalid(format!("--es-api-key-file {}: {e}", path.display())))?;
-                let key = text.trim();
-                if key.is_empty() {
-                    return Err(invalid(format!("--es-api-key-file {} is empty", path.display())));
-                }
-                Some(Secret::new(key))
-            }
+            Some(path) => Some(read_secret_file("--es-api-key-file", path)?),
             None => None,
         };
         if self.es_api_key.is_some() && file_key.is_some() {
             return Err(invalid("give only one of --es-api-key and --es-api-key-file"));
         }
         let api_key = self.es_api_key.clone().or(file_key);
-        let auth = match (api_key, &self.es_username, &self.es_password) {
+        match (api_key, &self.es_username, &self.es_password) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return Err(invalid("give either an api key or a username and password, not both"));
+                Err(invalid("give either an api key or a username and password, not both"))
             }
-            (Some(key), None, None) if key.expose().is_empty() => {
-                return Err(invalid("--es-api-key must not be empty"));
-            }
-            (Some(key), None, None) => EsAuth::ApiKey(key),
+            (Some(key), None, None) => Ok(EsAuth::ApiKey(key)),
             (None, Some(username), Some(password)) => {
-                EsAuth::Basic { username: username.clone(), password: password.clone() }
+                Ok(EsAuth::Basic { username: username.clone(), password: password.clone() })
             }
-            (None, Some(_), None) => return Err(invalid("--es-username needs --es-password")),
-            (None, None, Some(_)) => return Err(invalid("--es-password needs --es-username")),
-            (None, None, None) => EsAuth::None,
-        };
-        Ok(EsConfig { url, index: self.es_index.clone(), auth, batching: self.es_batching()? })
-    }
-
-    fn es_batching(&self) -> Result<EsBatching, ConfigError> {
-        let count = |flag: &str, value: usize, max: usize| {
-            if (1..=max).contains(&value) {
-                Ok(value)
-            } else {
-                Err(invalid(format!("{flag} must be between 1 and {max}")))
-            }
-        };
-        let wait = |flag: &str, value: Duration| {
-            if value <= MAX_BATCH_WAIT {
-                Ok(value)
-            } else {
-                Err(invalid(format!("{flag} must be at most {}ms", MAX_BATCH_WAIT.as_millis())))
-            }
-        };
-        Ok(EsBatching {
-            bulk_max_items: count("--es-bulk-max-items", self.es_bulk_max_items, 10_000)?,
-            bulk_max_wait: wait("--es-bulk-max-wait", self.es_bulk_max_wait)?,
-            bulks_in_flight: count("--es-bulks-in-flight", self.es_bulks_in_flight, 64)?,
-            write_queue: count("--es-write-queue", self.es_write_queue, 1_000_000)?,
-            mget_max_items: count("--es-mget-max-items", self.es_mget_max_items, 10_000)?,
-            mget_max_wait: wait("--es-mget-max-wait", self.es_mget_max_wait)?,
-        })
+            (None, Some(_), None) => Err(invalid("--es-username needs --es-password")),
+            (None, None, Some(_)) => Err(invalid("--es-password needs --es-username")),
+            (None, None, None) => Ok(EsAuth::None),
+        }
     }
 }
 
+/// Reads a credential from a file (trimmed); an empty file is an error.
+fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("{flag} {}: {e}", path.display())))?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(invalid(format!("{flag} {} is empty", path.display())));
+    }
+    Ok(Secret::new(value))
+}
+
 /// Parses a duration: a number with unit `ms`, `s`, `m` or `h` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -483,7 +434,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses a byte size: a number with optional unit `B`, `KiB`, `MiB`, `GiB` (or `K`, `M`, `G`,
 /// also binary, case-insensitive).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -523,6 +474,42 @@ mod tests {
         assert!(c.idle_timeout > AGENT_POLL_INTERVAL + Duration::from_secs(5));
         assert_eq!(c.max_ws_sessions, 100_000);
         assert_eq!(c.ws_idle_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn defaults_print_as_they_are_typed() {
+        for (text, wait) in [("5ms", 5), ("1s", 1_000), ("2m", 120_000), ("6m", 360_000)] {
+            let parsed: Wait = text.parse().unwrap();
+            assert_eq!(parsed, Wait(Duration::from_millis(wait)));
+            assert_eq!(parsed.to_string(), text);
+        }
+        assert_eq!(Wait(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(Wait(Duration::from_secs(3600)).to_string(), "1h");
+        for (text, size) in [("64MiB", 64 << 20), ("1GiB", 1 << 30), ("3KiB", 3 << 10), ("10", 10)]
+        {
+            assert_eq!(text.parse::<Size>(), Ok(Size(size)));
+            assert_eq!(Size(size).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn store_settings_take_the_store_defaults() {
+        let c = config(&["--store", "elasticsearch", "--es-url", "http://es:9200"]).unwrap();
+        let StoreConfig::Elasticsearch { es, cache } = c.store else { panic!("expected es") };
+        let backend = EsConfig::new("http://es:9200".parse().unwrap());
+        assert_eq!(*es, backend);
+        assert_eq!(cache, CacheConfig::DEFAULT);
+        assert_eq!(config(&[]).unwrap().offline_after.as_millis() as u64, DEFAULT_OFFLINE_AFTER_MS);
+    }
+
+    #[test]
+    fn es_url_with_credentials_is_refused() {
+        let es = ["--store", "elasticsearch", "--es-url"];
+        for url in ["http://elastic:pw@es:9200", "http://elastic@es:9200"] {
+            let why = rejected(&[&es[..], &[url]].concat());
+            assert!(why.contains("--es-url"), "{why}");
+            assert!(!why.contains("pw@"), "{why}");
+        }
     }
 
     #[test]
@@ -584,10 +571,9 @@ mod tests {
             rejected(&["--store", "elasticsearch", "--es-url", "ftp://x"]).contains("--es-url")
         );
         let c = config(&["--store", "elasticsearch", "--es-url", "http://localhost:9200"]).unwrap();
-        let StoreConfig::Elasticsearch(es) = c.store else { panic!("expected es") };
-        assert_eq!(es.index, ".fleet-agents");
-        assert_eq!(es.auth, EsAuth::None);
-        assert_eq!(es.batching, EsBatching::DEFAULT);
+        let StoreConfig::Elasticsearch { es, cache } = c.store else { panic!("expected es") };
+        assert_eq!(*es, EsConfig::new("http://localhost:9200".parse().unwrap()));
+        assert_eq!(cache, CacheConfig::DEFAULT);
     }
 
     #[test]
@@ -614,18 +600,12 @@ mod tests {
             ],
         ))
         .unwrap();
-        let StoreConfig::Elasticsearch(es_config) = c.store else { panic!("expected es") };
+        let StoreConfig::Elasticsearch { es: e, .. } = c.store else { panic!("expected es") };
         assert_eq!(
-            es_config.batching,
-            EsBatching {
-                bulk_max_items: 1000,
-                bulk_max_wait: Duration::from_millis(20),
-                bulks_in_flight: 2,
-                write_queue: 5000,
-                mget_max_items: 100,
-                mget_max_wait: Duration::from_millis(2),
-            }
+            (e.bulk_max_items, e.bulk_max_wait, e.bulks_in_flight, e.write_queue),
+            (1000, Duration::from_millis(20), 2, 5000)
         );
+        assert_eq!((e.mget_max_items, e.mget_max_wait), (100, Duration::from_millis(2)));
         for (flag, bad) in [
             ("--es-bulk-max-items", "0"),
             ("--es-bulk-max-items", "10001"),
@@ -649,19 +629,20 @@ mod tests {
             config(&v)
         };
         let c = with(&["--es-api-key", "k3y"]).unwrap();
-        let StoreConfig::Elasticsearch(e) = c.store else { panic!("expected es") };
+        let StoreConfig::Elasticsearch { es: e, .. } = c.store else { panic!("expected es") };
         assert_eq!(e.auth, EsAuth::ApiKey(Secret::new("k3y")));
         assert!(with(&["--es-username", "u"]).is_err());
         assert!(with(&["--es-password", "p"]).is_err());
         assert!(with(&["--es-api-key", "k", "--es-username", "u", "--es-password", "p"]).is_err());
-        assert!(with(&["--es-index", "Upper"]).is_err());
+        assert!(with(&["--es-index", "Upper"]).unwrap_err().0.contains("--es-index"));
+        assert!(with(&["--es-index", "_x"]).unwrap_err().0.contains("--es-index"));
         assert!(with(&["--es-api-key-file", "/nonexistent/key"]).is_err());
 
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key");
         std::fs::write(&key, "filekey\n").unwrap();
         let c = with(&["--es-api-key-file", key.to_str().unwrap()]).unwrap();
-        let StoreConfig::Elasticsearch(e) = c.store else { panic!("expected es") };
+        let StoreConfig::Elasticsearch { es: e, .. } = c.store else { panic!("expected es") };
         assert_eq!(e.auth, EsAuth::ApiKey(Secret::new("filekey")));
     }
 

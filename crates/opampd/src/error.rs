@@ -10,6 +10,8 @@ use http::{HeaderValue, StatusCode, header};
 use opamp_proto::Message;
 use opamp_proto::v1::ServerToAgent;
 
+use crate::telemetry::Outcome;
+
 /// The minimum retry delay the OpAMP spec recommends for "unavailable".
 pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -62,17 +64,23 @@ impl RequestError {
         }
     }
 
-    /// The metrics `outcome` label.
-    pub fn outcome(&self) -> &'static str {
+    /// How the message ended, for the metrics.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Self::BadRequest(_) => "bad_request",
-            Self::UnsupportedMediaType(_) => "unsupported_media_type",
-            Self::PayloadTooLarge { .. } => "too_large",
-            Self::MethodNotAllowed | Self::UpgradeRequired => "bad_method",
-            Self::Overloaded => "overloaded",
-            Self::Unavailable(_) => "unavailable",
-            Self::Internal(_) => "internal",
+            Self::BadRequest(_) => Outcome::BadRequest,
+            Self::UnsupportedMediaType(_) => Outcome::UnsupportedMediaType,
+            Self::PayloadTooLarge { .. } => Outcome::TooLarge,
+            Self::MethodNotAllowed | Self::UpgradeRequired => Outcome::BadMethod,
+            Self::Overloaded => Outcome::Overloaded,
+            Self::Unavailable(_) => Outcome::Unavailable,
+            Self::Internal(_) => Outcome::Internal,
         }
+    }
+
+    /// The in-band reply of a transport that must answer every message (WebSocket): the
+    /// OpAMP form when there is one, otherwise the reply of an internal error.
+    pub fn in_band_reply(&self, instance_uid: Bytes) -> ServerToAgent {
+        self.server_to_agent(instance_uid.clone()).unwrap_or_else(|| internal_reply(instance_uid))
     }
 
     /// The OpAMP reply for transports that answer in-band (WebSocket), or `None` when the
@@ -89,11 +97,7 @@ impl RequestError {
                 "server busy, retry later",
                 RETRY_AFTER.as_nanos() as u64,
             )),
-            Self::Internal(_) => Some(opamp_core::unavailable(
-                instance_uid,
-                "internal error",
-                RETRY_AFTER.as_nanos() as u64,
-            )),
+            Self::Internal(_) => Some(internal_reply(instance_uid)),
             Self::UnsupportedMediaType(_) | Self::MethodNotAllowed | Self::UpgradeRequired => None,
         }
     }
@@ -140,6 +144,11 @@ impl IntoResponse for RequestError {
     fn into_response(self) -> Response {
         self.into_http(Bytes::new())
     }
+}
+
+/// "Retry later" without saying why: the details of an internal error stay in the log.
+fn internal_reply(instance_uid: Bytes) -> ServerToAgent {
+    opamp_core::unavailable(instance_uid, "internal error", RETRY_AFTER.as_nanos() as u64)
 }
 
 fn protobuf_body(msg: Option<ServerToAgent>) -> Response {
@@ -203,6 +212,25 @@ mod tests {
         assert_eq!(r.capabilities, 0);
         let r = RequestError::BadRequest("bad uid".into()).server_to_agent(uid).unwrap();
         assert_eq!(r.error_response.unwrap().r#type, ServerErrorResponseType::BadRequest as i32);
+    }
+
+    #[test]
+    fn every_error_has_an_in_band_reply() {
+        for err in [
+            RequestError::BadRequest("x".into()),
+            RequestError::UnsupportedMediaType("x".into()),
+            RequestError::PayloadTooLarge { limit: 1 },
+            RequestError::MethodNotAllowed,
+            RequestError::UpgradeRequired,
+            RequestError::Overloaded,
+            RequestError::Unavailable("x".into()),
+            RequestError::Internal("x".into()),
+        ] {
+            let uid = Bytes::from_static(&[1; 16]);
+            let reply = err.in_band_reply(uid.clone());
+            assert!(reply.error_response.is_some(), "{err:?}");
+            assert_eq!(reply.instance_uid, uid, "{err:?}");
+        }
     }
 
     #[test]

@@ -20,9 +20,10 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::{PROTOBUF, RequestError};
-use crate::service::{OpampService, Transport, echo_uid};
+use crate::service::{OpampService, echo_uid};
 use crate::state::AppState;
-use crate::{telemetry, ws};
+use crate::telemetry::{GaugeGuard, Outcome, Transport, record_message};
+use crate::ws;
 
 pub const OPAMP_PATH: &str = "/v1/opamp";
 
@@ -43,23 +44,16 @@ async fn opamp(State(state): State<AppState>, req: Request) -> Response {
         _ => Err((RequestError::MethodNotAllowed, Bytes::new())),
     };
     let (outcome, response) = match result {
-        Ok(resp) => ("ok", resp),
+        Ok(resp) => (Outcome::Ok, resp),
         Err((err, uid)) => (err.outcome(), err.into_http(uid)),
     };
     tracing::debug!(
         status = response.status().as_u16(),
-        outcome,
+        outcome = outcome.as_str(),
         elapsed_us = started.elapsed().as_micros() as u64,
         "opamp request"
     );
-    metrics::counter!(
-        telemetry::MESSAGES_TOTAL,
-        "transport" => Transport::Http.as_str(),
-        "outcome" => outcome
-    )
-    .increment(1);
-    metrics::histogram!(telemetry::REQUEST_DURATION_SECONDS, "transport" => Transport::Http.as_str())
-        .record(started.elapsed().as_secs_f64());
+    record_message(Transport::Http, outcome, Some(started));
     response
 }
 
@@ -71,7 +65,7 @@ async fn post_with_limits(state: &AppState, req: Request) -> Result<Response, Fa
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return Err((RequestError::Overloaded, Bytes::new()));
     };
-    let _gauge = InFlightGauge::enter();
+    let _gauge = GaugeGuard::in_flight();
     // A timeout can fire after the store applied the write; the agent then retries with the
     // same sequence_num, reads as a duplicate and is asked for its full state: safe.
     // The uid is known only once the body is decoded; the slot keeps it for the timeout reply.
@@ -248,22 +242,6 @@ pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, RequestError> 
             out.reserve_exact(target - out.len());
         }
         out.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Keeps `opampd_in_flight` right on every exit path, including a dropped future.
-pub(crate) struct InFlightGauge;
-
-impl InFlightGauge {
-    pub(crate) fn enter() -> Self {
-        metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
-        Self
-    }
-}
-
-impl Drop for InFlightGauge {
-    fn drop(&mut self) {
-        metrics::gauge!(telemetry::IN_FLIGHT).decrement(1.0);
     }
 }
 

@@ -3,9 +3,11 @@
 //!
 //! Module map: [`config`] flags and validation; [`service`] the transport-independent OpAMP
 //! handler; [`http`] the HTTP transport and the `/v1/opamp` router; [`ws`] the WebSocket
-//! transport; [`admin`] health, metrics and the agent API;
-//! [`error`] the one place errors become statuses; [`server`] connection handling and
-//! draining; [`store`] opening the configured backend; [`telemetry`] logs and metric names.
+//! transport; [`sessions`] admission and shutdown of WebSocket sessions; [`admin`] health,
+//! metrics and the agent API; [`error`] the one place errors become statuses and in-band
+//! replies; [`server`] connection handling and draining; [`store`] opening the configured
+//! backend; [`state`] the handles handlers share; [`telemetry`] logs, metric names and the
+//! recording helpers.
 
 pub mod admin;
 pub mod config;
@@ -13,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod server;
 pub mod service;
+pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod telemetry;
@@ -73,7 +76,7 @@ pub fn app_state(config: &Config, store: Arc<dyn AgentStore>) -> AppState {
         shutting_down: ShuttingDown::default(),
         metrics: telemetry::metrics_handle(),
         offline_after: config.offline_after,
-        ws: ws::Sessions::new(config.max_ws_sessions),
+        ws: sessions::Sessions::new(config.max_ws_sessions),
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use opamp_core::{AgentRecord, AgentStatus, ServerConfig, Timestamp};
+use opamp_core::{ServerConfig, Timestamp};
 use opamp_proto::v1::{AgentToServer, ServerToAgent};
 use opamp_proto::{InstanceUid, Message};
 use opamp_store::{AgentStore, Precondition, StoreError};
@@ -31,22 +31,6 @@ pub fn system_clock() -> Clock {
     Arc::new(|| {
         SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
     })
-}
-
-/// Which transport a message came over (the metrics `transport` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Http,
-    WebSocket,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::WebSocket => "ws",
-        }
-    }
 }
 
 /// Handles OpAMP messages against the store. Cheap to clone (handles only).
@@ -104,7 +88,6 @@ impl OpampService {
                 Some(v) => (Some(v.record), Precondition::Version(v.version)),
                 None => (None, Precondition::Absent),
             };
-            let reason = full_state_reason(stored.as_ref(), msg);
             let processed = opamp_core::process(
                 stored,
                 uid,
@@ -115,14 +98,13 @@ impl OpampService {
             );
             match self.store.put(&processed.record, precondition).await {
                 Ok(_) => {
-                    if processed.report_full_state {
-                        metrics::counter!(telemetry::REPORT_FULL_STATE_TOTAL, "reason" => reason)
-                            .increment(1);
+                    if let Some(reason) = processed.report_full_state {
+                        telemetry::record_full_state(reason);
                     }
                     tracing::debug!(
                         instance_uid = %uid,
                         sequence_num = msg.sequence_num,
-                        report_full_state = processed.report_full_state,
+                        report_full_state = processed.report_full_state.map(|r| r.as_str()),
                         attempt,
                         "message applied"
                     );
@@ -147,16 +129,6 @@ fn store_failure(uid: InstanceUid, op: &'static str, err: StoreError) -> Request
         tracing::error!(instance_uid = %uid, op, error = %err, "store failed");
     }
     RequestError::from(err)
-}
-
-/// The metrics label for why a reply would carry ReportFullState (only read when it does).
-/// Mirrors the order of the drift rules in opamp-core.
-fn full_state_reason(stored: Option<&AgentRecord>, msg: &AgentToServer) -> &'static str {
-    match stored {
-        None => "new_agent",
-        Some(s) if s.status == AgentStatus::Disconnected && msg.sequence_num == 0 => "reconnect",
-        Some(_) => "sequence_gap",
-    }
 }
 
 /// The `instance_uid` bytes to echo in an error reply (empty when undecodable).

@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use crate::service::OpampService;
-use crate::ws::Sessions;
+use crate::sessions::Sessions;
 
 /// Per-request bounds of the OpAMP transports.
 #[derive(Debug, Clone, Copy)]

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opamp_store::cache::{CacheConfig, CachedStore};
-use opamp_store::elasticsearch::{self as es, ElasticsearchStore};
+use opamp_store::cache::CachedStore;
+use opamp_store::elasticsearch::ElasticsearchStore;
 use opamp_store::embedded::EmbeddedStore;
 use opamp_store::{AgentStore, StoreError};
 
-use crate::config::{Config, EsAuth, EsConfig, StoreConfig};
+use crate::config::{Config, StoreConfig};
 
 /// How long [`Store::close`] waits for the last handle (a draining connection) to go away.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -38,6 +38,8 @@ impl Store {
     /// Opens the backend `config` names. Elasticsearch is not contacted here, so a server can
     /// start while the cluster is down; `/readyz` reports it until it answers.
     pub async fn open(config: &Config) -> Result<Self, OpenStoreError> {
+        // the backend registers its metric series when built: the recorder must exist by then
+        let _ = crate::telemetry::metrics_handle();
         match &config.store {
             StoreConfig::Embedded { data_dir } => EmbeddedStore::open(data_dir)
                 .await
@@ -46,12 +48,10 @@ impl Store {
                     dir: data_dir.display().to_string(),
                     source,
                 }),
-            StoreConfig::Elasticsearch(cfg) => {
-                let store = ElasticsearchStore::new(es_config(cfg))
+            StoreConfig::Elasticsearch { es, cache } => {
+                let store = ElasticsearchStore::new(es.as_ref().clone())
                     .map_err(OpenStoreError::Elasticsearch)?;
-                let cache =
-                    CacheConfig { ttl: config.cache_ttl, max_bytes: config.cache_max_bytes };
-                Ok(Self::Elasticsearch(Arc::new(CachedStore::new(store, cache))))
+                Ok(Self::Elasticsearch(Arc::new(CachedStore::new(store, *cache))))
             }
         }
     }
@@ -88,102 +88,5 @@ impl Store {
             }
             Self::Elasticsearch(s) => s.flush().await,
         }
-    }
-}
-
-/// Maps opampd's validated settings onto the backend's, keeping its batching defaults.
-fn es_config(cfg: &EsConfig) -> es::EsConfig {
-    let mut out = es::EsConfig::new(cfg.url.clone());
-    out.index = cfg.index.clone();
-    let b = cfg.batching;
-    out.bulk_max_items = b.bulk_max_items;
-    out.bulk_max_wait = b.bulk_max_wait;
-    out.bulks_in_flight = b.bulks_in_flight;
-    out.queue_capacity = b.write_queue;
-    out.mget_max_items = b.mget_max_items;
-    out.mget_max_wait = b.mget_max_wait;
-    out.auth = match &cfg.auth {
-        EsAuth::None => es::EsAuth::None,
-        // "id:key" is the raw pair; anything else is the base64 form Kibana shows as "encoded"
-        EsAuth::ApiKey(key) => match key.expose().split_once(':') {
-            Some((id, key)) => es::EsAuth::ApiKey { id: id.to_owned(), key: key.to_owned() },
-            None => es::EsAuth::EncodedApiKey(key.expose().to_owned()),
-        },
-        EsAuth::Basic { username, password } => {
-            es::EsAuth::Basic { user: username.clone(), password: password.expose().to_owned() }
-        }
-    };
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{EsBatching, Secret};
-
-    fn es(auth: EsAuth) -> es::EsConfig {
-        es_config(&EsConfig {
-            url: "http://es:9200".parse().unwrap(),
-            index: "agents".into(),
-            auth,
-            batching: EsBatching::default(),
-        })
-    }
-
-    #[test]
-    fn es_settings_map_onto_the_backend() {
-        let cfg = es(EsAuth::None);
-        assert_eq!(cfg.index, "agents");
-        assert_eq!(cfg.auth, es::EsAuth::None);
-        assert_eq!(
-            es(EsAuth::ApiKey(Secret::new("id:key"))).auth,
-            es::EsAuth::ApiKey { id: "id".into(), key: "key".into() }
-        );
-        assert_eq!(
-            es(EsAuth::ApiKey(Secret::new("ZW5jb2RlZA=="))).auth,
-            es::EsAuth::EncodedApiKey("ZW5jb2RlZA==".into())
-        );
-        assert_eq!(
-            es(EsAuth::Basic { username: "u".into(), password: Secret::new("p") }).auth,
-            es::EsAuth::Basic { user: "u".into(), password: "p".into() }
-        );
-    }
-
-    #[test]
-    fn batching_flags_reach_the_backend_and_default_to_its_defaults() {
-        let backend = es::EsConfig::new("http://es:9200".parse().unwrap());
-        let cfg = es(EsAuth::None);
-        assert_eq!(
-            (cfg.bulk_max_items, cfg.bulk_max_wait, cfg.bulks_in_flight, cfg.queue_capacity),
-            (
-                backend.bulk_max_items,
-                backend.bulk_max_wait,
-                backend.bulks_in_flight,
-                backend.queue_capacity
-            )
-        );
-        assert_eq!(
-            (cfg.mget_max_items, cfg.mget_max_wait),
-            (backend.mget_max_items, backend.mget_max_wait)
-        );
-        let batching = EsBatching {
-            bulk_max_items: 7,
-            bulk_max_wait: Duration::from_millis(8),
-            bulks_in_flight: 9,
-            write_queue: 10,
-            mget_max_items: 11,
-            mget_max_wait: Duration::from_millis(12),
-        };
-        let cfg = es_config(&EsConfig {
-            url: "http://es:9200".parse().unwrap(),
-            index: "agents".into(),
-            auth: EsAuth::None,
-            batching,
-        });
-        assert_eq!(
-            (cfg.bulk_max_items, cfg.bulk_max_wait, cfg.bulks_in_flight, cfg.queue_capacity),
-            (7, Duration::from_millis(8), 9, 10)
-        );
-        assert_eq!((cfg.mget_max_items, cfg.mget_max_wait), (11, Duration::from_millis(12)));
     }
 }

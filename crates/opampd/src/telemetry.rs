@@ -1,9 +1,14 @@
-//! Logging and metrics setup, and the names of every metric opampd exports. Recording happens
-//! where the event happens; this module only installs and names.
+//! Logging and metrics: installing both, the name and help text of every metric opampd itself
+//! exports (the store's are in `opamp_store::metrics`), and the few helpers that record them so
+//! the transports record a message the same way. Every series a scrape can show is registered
+//! at zero when the recorder is installed, so dashboards see them before the first message.
 
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opamp_core::FullStateReason;
+use opamp_store::metrics::{Kind, Metric, describe_all, register};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -16,13 +21,149 @@ pub const IN_FLIGHT: &str = "opampd_in_flight";
 pub const WS_SESSIONS: &str = "opampd_ws_sessions";
 pub const WS_REJECTED_TOTAL: &str = "opampd_ws_rejected_total";
 
+/// Every metric of this crate, with its help text.
+pub const METRICS: &[Metric] = &[
+    Metric {
+        name: MESSAGES_TOTAL,
+        kind: Kind::Counter,
+        help: "OpAMP messages handled, by transport and outcome",
+    },
+    Metric {
+        name: REPORT_FULL_STATE_TOTAL,
+        kind: Kind::Counter,
+        help: "replies that asked the agent for its full state, by reason",
+    },
+    Metric {
+        name: CAS_RETRIES_TOTAL,
+        kind: Kind::Counter,
+        help: "store writes retried after losing a CAS race",
+    },
+    Metric {
+        name: REQUEST_DURATION_SECONDS,
+        kind: Kind::Histogram(Some(metrics::Unit::Seconds)),
+        help: "time to handle one OpAMP message",
+    },
+    Metric { name: IN_FLIGHT, kind: Kind::Gauge, help: "OpAMP requests being handled now" },
+    Metric { name: WS_SESSIONS, kind: Kind::Gauge, help: "open WebSocket sessions" },
+    Metric {
+        name: WS_REJECTED_TOTAL,
+        kind: Kind::Counter,
+        help: "WebSocket upgrades refused with 503, by reason (session limit, shutting down)",
+    },
+];
+
 const DURATION_BUCKETS: &[f64] =
     &[0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Installs the process-wide Prometheus recorder once and returns its handle.
+/// Which transport a message came over (the `transport` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    WebSocket,
+}
+
+impl Transport {
+    pub const ALL: [Self; 2] = [Self::Http, Self::WebSocket];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::WebSocket => "ws",
+        }
+    }
+}
+
+/// How one message ended (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    BadRequest,
+    UnsupportedMediaType,
+    TooLarge,
+    BadMethod,
+    Overloaded,
+    Unavailable,
+    Internal,
+}
+
+impl Outcome {
+    pub const ALL: [Self; 8] = [
+        Self::Ok,
+        Self::BadRequest,
+        Self::UnsupportedMediaType,
+        Self::TooLarge,
+        Self::BadMethod,
+        Self::Overloaded,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::BadRequest => "bad_request",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooLarge => "too_large",
+            Self::BadMethod => "bad_method",
+            Self::Overloaded => "overloaded",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// The `reason` label values of [`WS_REJECTED_TOTAL`].
+pub const WS_REJECTED_REASONS: [&str; 2] = ["session_limit", "shutting_down"];
+
+/// Records one handled message: its outcome and, when it was processed, its duration.
+pub fn record_message(transport: Transport, outcome: Outcome, started: Option<Instant>) {
+    let transport = transport.as_str();
+    metrics::counter!(MESSAGES_TOTAL, "transport" => transport, "outcome" => outcome.as_str())
+        .increment(1);
+    if let Some(started) = started {
+        metrics::histogram!(REQUEST_DURATION_SECONDS, "transport" => transport)
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Records a reply that asked for the full state.
+pub fn record_full_state(reason: FullStateReason) {
+    metrics::counter!(REPORT_FULL_STATE_TOTAL, "reason" => reason.as_str()).increment(1);
+}
+
+/// Keeps a gauge one higher while alive: right on every exit path, a dropped future included.
+#[derive(Debug)]
+pub struct GaugeGuard(&'static str);
+
+impl GaugeGuard {
+    /// Counts an OpAMP message being handled ([`IN_FLIGHT`]).
+    pub fn in_flight() -> Self {
+        Self::enter(IN_FLIGHT)
+    }
+
+    /// Counts an open WebSocket session ([`WS_SESSIONS`]).
+    pub fn ws_session() -> Self {
+        Self::enter(WS_SESSIONS)
+    }
+
+    fn enter(name: &'static str) -> Self {
+        metrics::gauge!(name).increment(1.0);
+        Self(name)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
+/// Installs the process-wide Prometheus recorder once and returns its handle; describes and
+/// registers every series of opampd and of the store crate.
 ///
 /// The `metrics` facade has exactly one global recorder per process (the store crate records
 /// through it too), so this is idempotent: servers started in the same process (tests) share it.
+/// Call it before the store is opened, so the backend's series are registered with it.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -40,30 +181,33 @@ pub fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
-            describe();
+            describe_all(METRICS);
+            opamp_store::metrics::describe();
+            register_all();
             handle
         })
         .clone()
 }
 
-fn describe() {
-    metrics::describe_counter!(MESSAGES_TOTAL, "OpAMP messages handled, by transport and outcome");
-    metrics::describe_counter!(
-        REPORT_FULL_STATE_TOTAL,
-        "replies that asked the agent for its full state, by reason"
-    );
-    metrics::describe_counter!(CAS_RETRIES_TOTAL, "store writes retried after losing a CAS race");
-    metrics::describe_histogram!(
-        REQUEST_DURATION_SECONDS,
-        metrics::Unit::Seconds,
-        "time to handle one OpAMP message"
-    );
-    metrics::describe_gauge!(IN_FLIGHT, "OpAMP requests being handled now");
-    metrics::describe_gauge!(WS_SESSIONS, "open WebSocket sessions");
-    metrics::describe_counter!(
-        WS_REJECTED_TOTAL,
-        "WebSocket upgrades refused with 503, by reason (session limit, shutting down)"
-    );
+/// Creates every series of this crate at zero, each label combination that can occur.
+fn register_all() {
+    let metric = |name: &str| METRICS.iter().find(|m| m.name == name).expect("listed in METRICS");
+    for transport in Transport::ALL {
+        for outcome in Outcome::ALL {
+            let labels = [("transport", transport.as_str()), ("outcome", outcome.as_str())];
+            register(metric(MESSAGES_TOTAL), &labels);
+        }
+        register(metric(REQUEST_DURATION_SECONDS), &[("transport", transport.as_str())]);
+    }
+    for reason in FullStateReason::ALL {
+        register(metric(REPORT_FULL_STATE_TOTAL), &[("reason", reason.as_str())]);
+    }
+    for reason in WS_REJECTED_REASONS {
+        register(metric(WS_REJECTED_TOTAL), &[("reason", reason)]);
+    }
+    for name in [CAS_RETRIES_TOTAL, IN_FLIGHT, WS_SESSIONS] {
+        register(metric(name), &[]);
+    }
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` filter (default `info`), text or JSON lines.

@@ -1,7 +1,8 @@
 //! The OpAMP WebSocket transport: `GET /v1/opamp` with an upgrade, then one binary message per
-//! `AgentToServer` and one per `ServerToAgent`, each behind the `0x00` frame header. Owns
-//! admission (`--max-ws-sessions`), per-session limits, close codes and closing every session at
-//! shutdown; the message itself goes to [`OpampService`], exactly as over HTTP. Must not keep
+//! `AgentToServer` and one per `ServerToAgent`, each behind the `0x00` frame header. Owns the
+//! upgrade, per-session limits and close codes; admission and shutdown phases come from
+//! [`Sessions`](crate::sessions::Sessions); the message itself goes to [`OpampService`], exactly
+//! as over HTTP. Must not keep
 //! per-agent state: several agents may share one connection, so state is keyed on
 //! `instance_uid` in the store, never on the connection.
 //!
@@ -24,14 +25,14 @@ use futures::stream::FuturesOrdered;
 use http::{HeaderMap, header};
 use opamp_proto::Message as _;
 use opamp_proto::framing;
-use opamp_proto::v1::{AgentToServer, ServerToAgent};
+use opamp_proto::v1::AgentToServer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::error::RequestError;
-use crate::http::InFlightGauge;
-use crate::service::{OpampService, Transport};
+use crate::service::OpampService;
+use crate::sessions::{Phase, until};
 use crate::state::{AppState, Limits};
-use crate::telemetry;
+use crate::telemetry::{self, GaugeGuard, Outcome, Transport, record_message};
 
 /// tungstenite's read buffer is allocated eagerly per connection (default 128 KiB). 4 KiB holds
 /// a heartbeat many times over; a larger message grows the buffer only while it is read.
@@ -43,65 +44,6 @@ const MAX_PIPELINE: usize = 32;
 
 /// How long a closing handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long aborted sessions get to notice the abort after the grace period.
-const ABORT_WAIT: Duration = Duration::from_secs(1);
-
-/// Where the server is in its life, as seen by every session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// Shutdown started: answer what was received, then close with 1001.
-    Closing,
-    /// The grace period is over: drop the connection now.
-    Abort,
-}
-
-/// The open WebSocket sessions: one semaphore slot per session (the `--max-ws-sessions`
-/// bound) and the phase every session watches. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Sessions {
-    slots: Arc<Semaphore>,
-    max: u32,
-    phase: watch::Sender<Phase>,
-}
-
-impl Sessions {
-    pub fn new(max: u32) -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(max as usize)),
-            max,
-            phase: watch::Sender::new(Phase::Open),
-        }
-    }
-
-    /// Sessions open now (including upgrades being completed).
-    pub fn open(&self) -> usize {
-        (self.max as usize).saturating_sub(self.slots.available_permits())
-    }
-
-    /// Asks every session to finish the messages it has, close with 1001 and end, waits up to
-    /// `grace` for all of them, then drops the rest.
-    pub async fn close_all(&self, grace: Duration) {
-        self.phase.send_replace(Phase::Closing);
-        let open = self.open();
-        if open > 0 {
-            tracing::info!(open, "closing websocket sessions");
-        }
-        if tokio::time::timeout(grace, self.all_closed()).await.is_err() {
-            tracing::warn!(left = self.open(), "grace period over, dropping websocket sessions");
-            self.phase.send_replace(Phase::Abort);
-            if tokio::time::timeout(ABORT_WAIT, self.all_closed()).await.is_err() {
-                tracing::warn!(left = self.open(), "websocket sessions still open after abort");
-            }
-        }
-    }
-
-    async fn all_closed(&self) {
-        // every slot back means every session ended; the permits are returned at once
-        let _ = self.slots.acquire_many(self.max).await;
-    }
-}
 
 /// True when the request asks for a WebSocket (`Upgrade: websocket`); other GETs get 426.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -123,7 +65,7 @@ pub async fn upgrade(state: AppState, req: Request) -> Response {
     if state.shutting_down.get() {
         return refuse("shutting_down");
     }
-    let Ok(slot) = state.ws.slots.clone().try_acquire_owned() else {
+    let Some(slot) = state.ws.admit() else {
         return refuse("session_limit");
     };
     let limits = state.limits;
@@ -132,9 +74,9 @@ pub async fn upgrade(state: AppState, req: Request) -> Response {
         service: state.service,
         limits,
         in_flight: state.in_flight,
-        phase: state.ws.phase.subscribe(),
+        phase: state.ws.phase(),
     };
-    let abort = state.ws.phase.subscribe();
+    let abort = state.ws.phase();
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         // replies are written and flushed one by one, so nothing waits in a write buffer
@@ -196,7 +138,7 @@ impl Session {
         _slot: OwnedSemaphorePermit,
         mut abort: watch::Receiver<Phase>,
     ) {
-        let _gauge = SessionGauge::enter();
+        let _gauge = GaugeGuard::ws_session();
         tokio::select! {
             biased;
             () = until(&mut abort, |p| *p == Phase::Abort) => {
@@ -276,12 +218,12 @@ impl Session {
                                 pipeline.push_back(self.answer(Err(err)));
                             }
                             Incoming::TooLarge => {
-                                record(RequestError::PayloadTooLarge { limit: 0 }.outcome(), None);
+                                record(Outcome::TooLarge, None);
                                 closing = Some(End::Close(close_code::SIZE, "message too large"));
                             }
                         },
                         Some(Ok(Message::Text(_))) => {
-                            record(RequestError::UnsupportedMediaType(String::new()).outcome(), None);
+                            record(Outcome::UnsupportedMediaType, None);
                             closing = Some(End::Close(
                                 close_code::UNSUPPORTED,
                                 "text messages are not supported, send binary opamp frames",
@@ -292,7 +234,7 @@ impl Session {
                         Some(Ok(Message::Close(_))) => closing = Some(End::PeerClosed),
                         Some(Err(e)) if is_too_large(&e) => {
                             tracing::debug!(error = %e, "websocket message over the limit");
-                            record(RequestError::PayloadTooLarge { limit: 0 }.outcome(), None);
+                            record(Outcome::TooLarge, None);
                             closing = Some(End::Close(close_code::SIZE, "message too large"));
                         }
                         Some(Err(e)) => {
@@ -343,7 +285,7 @@ impl Session {
                     let result = match permit {
                         None => Err(RequestError::Overloaded),
                         Some(_permit) => {
-                            let _gauge = InFlightGauge::enter();
+                            let _gauge = GaugeGuard::in_flight();
                             handle(&service, &msg, limits).await
                         }
                     };
@@ -351,8 +293,8 @@ impl Session {
                 }
             };
             let (outcome, payload) = match result {
-                Ok(encoded) => ("ok", encoded),
-                Err(err) => (err.outcome(), error_reply(&err, uid).encode_to_vec()),
+                Ok(encoded) => (Outcome::Ok, encoded),
+                Err(err) => (err.outcome(), err.in_band_reply(uid).encode_to_vec()),
             };
             record(outcome, Some(started));
             framing::encode(&payload)
@@ -388,21 +330,8 @@ async fn handle(
     OpampService::encode(&reply, limits.max_message_bytes)
 }
 
-/// The in-band reply for a failed message: BadRequest, or Unavailable with retry_info.
-fn error_reply(err: &RequestError, uid: Bytes) -> ServerToAgent {
-    err.server_to_agent(uid.clone())
-        .or_else(|| RequestError::Internal(String::new()).server_to_agent(uid))
-        .unwrap_or_default()
-}
-
-fn record(outcome: &'static str, started: Option<Instant>) {
-    let transport = Transport::WebSocket.as_str();
-    metrics::counter!(telemetry::MESSAGES_TOTAL, "transport" => transport, "outcome" => outcome)
-        .increment(1);
-    if let Some(started) = started {
-        metrics::histogram!(telemetry::REQUEST_DURATION_SECONDS, "transport" => transport)
-            .record(started.elapsed().as_secs_f64());
-    }
+fn record(outcome: Outcome, started: Option<Instant>) {
+    record_message(Transport::WebSocket, outcome, started);
 }
 
 /// Sends a close frame, then waits briefly for the peer's, discarding anything still
@@ -425,28 +354,6 @@ fn is_too_large(err: &axum::Error) -> bool {
     err.to_string().starts_with("Space limit exceeded")
 }
 
-/// Completes once the phase satisfies `done` (or the sender is gone, which only happens once
-/// the server is gone). The watch guard is dropped before returning, never held across awaits.
-async fn until(phase: &mut watch::Receiver<Phase>, done: impl FnMut(&Phase) -> bool) {
-    let _ = phase.wait_for(done).await;
-}
-
-/// Keeps `opampd_ws_sessions` right on every exit path.
-struct SessionGauge;
-
-impl SessionGauge {
-    fn enter() -> Self {
-        metrics::gauge!(telemetry::WS_SESSIONS).increment(1.0);
-        Self
-    }
-}
-
-impl Drop for SessionGauge {
-    fn drop(&mut self) {
-        metrics::gauge!(telemetry::WS_SESSIONS).decrement(1.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,44 +366,5 @@ mod tests {
         assert!(is_upgrade(&h));
         h.insert(header::UPGRADE, "h2c".parse().unwrap());
         assert!(!is_upgrade(&h));
-    }
-
-    #[test]
-    fn every_error_has_an_in_band_reply() {
-        for err in [
-            RequestError::BadRequest("x".into()),
-            RequestError::Overloaded,
-            RequestError::Unavailable("x".into()),
-            RequestError::Internal("x".into()),
-            RequestError::MethodNotAllowed,
-        ] {
-            assert!(error_reply(&err, Bytes::new()).error_response.is_some(), "{err:?}");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn close_all_returns_at_once_without_sessions() {
-        let sessions = Sessions::new(4);
-        let started = tokio::time::Instant::now();
-        sessions.close_all(Duration::from_secs(30)).await;
-        assert!(started.elapsed() < Duration::from_secs(1));
-        assert_eq!(*sessions.phase.borrow(), Phase::Closing);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn close_all_aborts_sessions_after_the_grace_period() {
-        let sessions = Sessions::new(4);
-        let slot = sessions.slots.clone().try_acquire_owned().unwrap();
-        assert_eq!(sessions.open(), 1);
-        let mut phase = sessions.phase.subscribe();
-        // a session that ignores Closing and only ends on Abort
-        let session = tokio::spawn(async move {
-            until(&mut phase, |p| *p == Phase::Abort).await;
-            drop(slot);
-        });
-        sessions.close_all(Duration::from_secs(5)).await;
-        assert_eq!(*sessions.phase.borrow(), Phase::Abort);
-        session.await.unwrap();
-        assert_eq!(sessions.open(), 0);
     }
 }

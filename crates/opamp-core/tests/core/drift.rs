@@ -1,6 +1,6 @@
-//! The drift rules of DESIGN.md as data: every reference row, then the edges around them.
+//! The drift rules of docs/design.md as data: every reference row, then the edges around them.
 
-use opamp_core::{AgentRecord, AgentStatus, has_full_status, should_request_full_state};
+use opamp_core::{AgentRecord, AgentStatus, FullStateReason, full_state_reason, has_full_status};
 use opamp_proto::agent_caps as caps;
 use opamp_proto::v1::AgentToServer;
 
@@ -14,16 +14,23 @@ pub struct Case {
     pub name: &'static str,
     pub stored: Option<AgentRecord>,
     pub msg: AgentToServer,
-    pub want_full_state: bool,
+    /// The rule expected to ask for the full state, `None` when nothing is asked.
+    pub want: Option<FullStateReason>,
 }
+
+/// Shorthands for the expected decision of a row.
+const NOTHING: Option<FullStateReason> = None;
+const NEW: Option<FullStateReason> = Some(FullStateReason::NewAgent);
+const RECONNECT: Option<FullStateReason> = Some(FullStateReason::Reconnect);
+const GAP: Option<FullStateReason> = Some(FullStateReason::SequenceGap);
 
 fn case(
     name: &'static str,
     stored: Option<(u64, AgentStatus)>,
     msg: AgentToServer,
-    want_full_state: bool,
+    want: Option<FullStateReason>,
 ) -> Case {
-    Case { name, stored: stored.map(|(seq, st)| record(seq, st)), msg, want_full_state }
+    Case { name, stored: stored.map(|(seq, st)| record(seq, st)), msg, want }
 }
 
 fn without_health(mut m: AgentToServer) -> AgentToServer {
@@ -36,131 +43,126 @@ fn without_description(mut m: AgentToServer) -> AgentToServer {
     m
 }
 
-/// Every reference row of DESIGN.md (first block, in its order), then further cases around them.
+/// Every reference row of docs/design.md (rows 1-11, in order), then further cases around them.
 /// The process() tests replay the same table, so the reply flag is held to the same rules.
 pub fn cases() -> Vec<Case> {
     let every_bit = caps::REPORTS_STATUS | all_reporting_bits();
     let mut missing_one = full_with(0, every_bit);
     missing_one.connection_settings_status = None;
     vec![
-        // DESIGN.md reference table
-        case("missed_message_requests_full_state", Some((5, Online)), heartbeat(7), true),
-        case("out_of_order_message_requests_full_state", Some((5, Online)), heartbeat(3), true),
-        case("next_in_sequence_full_report_needs_nothing", Some((5, Online)), full(6), false),
-        case("unknown_agent_without_full_status_is_asked", None, heartbeat(1), true),
-        case("unknown_agent_with_full_status_needs_nothing", None, full(1), false),
+        // docs/design.md reference table, rows 1-11
+        case("missed_message_requests_full_state", Some((5, Online)), heartbeat(7), GAP),
+        case("out_of_order_message_requests_full_state", Some((5, Online)), heartbeat(3), GAP),
+        case("next_in_sequence_full_report_needs_nothing", Some((5, Online)), full(6), NOTHING),
+        case("unknown_agent_without_full_status_is_asked", None, heartbeat(1), NEW),
+        case("unknown_agent_with_full_status_needs_nothing", None, full(1), NOTHING),
         case(
             "reconnect_at_zero_without_full_status_is_asked",
             Some((10, Disconnected)),
             heartbeat(0),
-            true,
+            RECONNECT,
         ),
         case(
             "reconnect_at_zero_with_full_status_needs_nothing",
             Some((10, Disconnected)),
             full(0),
-            false,
+            NOTHING,
         ),
         case(
             "disconnected_agent_continuing_sequence_needs_nothing",
             Some((10, Disconnected)),
             heartbeat(11),
-            false,
+            NOTHING,
         ),
         case(
             "disconnected_agent_jumping_back_is_asked",
             Some((10, Disconnected)),
             heartbeat(5),
-            true,
+            GAP,
         ),
-        case("duplicate_at_zero_is_asked", Some((0, Online)), heartbeat(0), true),
+        case("duplicate_at_zero_is_asked", Some((0, Online)), heartbeat(0), GAP),
         case(
             "first_successor_of_zero_with_full_status_needs_nothing",
             Some((0, Online)),
             full(1),
-            false,
+            NOTHING,
         ),
         // Around the table
-        case("duplicate_message_requests_full_state", Some((5, Online)), heartbeat(5), true),
-        case("next_in_sequence_heartbeat_needs_nothing", Some((5, Online)), heartbeat(6), false),
-        case("far_forward_gap_requests_full_state", Some((5, Online)), heartbeat(u64::MAX), true),
+        case("duplicate_message_requests_full_state", Some((5, Online)), heartbeat(5), GAP),
+        case("next_in_sequence_heartbeat_needs_nothing", Some((5, Online)), heartbeat(6), NOTHING),
+        case("far_forward_gap_requests_full_state", Some((5, Online)), heartbeat(u64::MAX), GAP),
         case(
             "sequence_wrapping_past_max_is_in_sequence",
             Some((u64::MAX, Online)),
             heartbeat(0),
-            false,
+            NOTHING,
         ),
         case(
             "degraded_agent_next_in_sequence_needs_nothing",
             Some((5, Degraded)),
             heartbeat(6),
-            false,
+            NOTHING,
         ),
         case(
             "restart_of_connected_agent_is_asked_even_with_full_status",
             Some((10, Online)),
             full(0),
-            true,
+            GAP,
         ),
         case(
             "restart_of_erroring_agent_is_asked_even_with_full_status",
             Some((10, Error)),
             full(0),
-            true,
+            GAP,
         ),
-        case("unknown_agent_at_zero_with_full_status_needs_nothing", None, full(0), false),
-        case("unknown_agent_without_health_is_asked", None, without_health(full(1)), true),
-        case(
-            "unknown_agent_without_description_is_asked",
-            None,
-            without_description(full(1)),
-            true,
-        ),
+        case("unknown_agent_at_zero_with_full_status_needs_nothing", None, full(0), NOTHING),
+        case("unknown_agent_without_health_is_asked", None, without_health(full(1)), NEW),
+        case("unknown_agent_without_description_is_asked", None, without_description(full(1)), NEW),
         case(
             "unknown_agent_with_every_reporting_field_needs_nothing",
             None,
             full_with(1, every_bit),
-            false,
+            NOTHING,
         ),
-        case("unknown_agent_missing_one_reporting_field_is_asked", None, missing_one.clone(), true),
+        case("unknown_agent_missing_one_reporting_field_is_asked", None, missing_one.clone(), NEW),
         // Reconnect (rule 3) combined with has_full_status
         case(
             "reconnect_without_health_is_asked",
             Some((10, Disconnected)),
             without_health(full(0)),
-            true,
+            RECONNECT,
         ),
         case(
             "reconnect_without_description_is_asked",
             Some((10, Disconnected)),
             without_description(full(0)),
-            true,
+            RECONNECT,
         ),
         case(
             "reconnect_with_every_reporting_field_needs_nothing",
             Some((10, Disconnected)),
             full_with(0, every_bit),
-            false,
+            NOTHING,
         ),
         case(
             "reconnect_missing_one_reporting_field_is_asked",
             Some((10, Disconnected)),
             missing_one,
-            true,
+            RECONNECT,
         ),
         case(
             "reconnect_with_zero_capabilities_is_asked",
             Some((10, Disconnected)),
             full_with(0, 0),
-            true,
+            RECONNECT,
         ),
         case(
             "reconnect_of_agent_that_never_counted_is_judged_on_full_status",
             Some((0, Disconnected)),
             full(0),
-            false,
+            NOTHING,
         ),
-        case("disconnected_agent_duplicate_is_asked", Some((10, Disconnected)), full(10), true),
+        case("disconnected_agent_duplicate_is_asked", Some((10, Disconnected)), full(10), GAP),
     ]
 }
 
@@ -168,9 +170,9 @@ pub fn cases() -> Vec<Case> {
 fn full_state_is_requested_exactly_when_the_drift_rules_say() {
     let mut failures = Vec::new();
     for c in cases() {
-        let got = should_request_full_state(c.stored.as_ref(), &c.msg);
-        if got != c.want_full_state {
-            failures.push(format!("{}: got {got}, want {}", c.name, c.want_full_state));
+        let got = full_state_reason(c.stored.as_ref(), &c.msg);
+        if got != c.want {
+            failures.push(format!("{}: got {got:?}, want {:?}", c.name, c.want));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");

@@ -3,8 +3,8 @@
 use std::cell::Cell;
 
 use opamp_core::{
-    AgentStatus, DEFAULT_SERVER_CAPABILITIES, ServerConfig, bad_request, merge, process,
-    unavailable, validate,
+    AgentStatus, DEFAULT_SERVER_CAPABILITIES, FullStateReason, ServerConfig, bad_request, merge,
+    process, unavailable, validate,
 };
 use opamp_proto::v1::{
     AgentToServer, RetryInfo, ServerErrorResponseType, ServerToAgent,
@@ -23,8 +23,8 @@ fn reply_flags_follow_the_drift_table_and_echo_the_uid_with_capabilities() {
     for c in cases() {
         let p = process(c.stored.clone(), UID, &c.msg, NOW, || FRESH, &ServerConfig::default());
         let flagged = p.response.flags & server_flags::REPORT_FULL_STATE != 0;
-        assert_eq!(flagged, c.want_full_state, "{}: flag", c.name);
-        assert_eq!(p.report_full_state, c.want_full_state, "{}: report_full_state", c.name);
+        assert_eq!(flagged, c.want.is_some(), "{}: flag", c.name);
+        assert_eq!(p.report_full_state, c.want, "{}: report_full_state", c.name);
         assert_eq!(p.response.instance_uid, c.msg.instance_uid, "{}: uid echo", c.name);
         assert_eq!(p.response.capabilities & REQUIRED_CAPS, REQUIRED_CAPS, "{}: caps", c.name);
         assert_eq!(p.response.error_response, None, "{}", c.name);
@@ -38,7 +38,7 @@ fn decision_is_made_against_the_state_before_the_merge() {
     // After merging seq 6 the stored seq is 6; deciding after the merge would call 6 a duplicate.
     let stored = populated_record(5, AgentStatus::Online);
     let p = process(Some(stored), UID, &heartbeat(6), NOW, || FRESH, &ServerConfig::default());
-    assert!(!p.report_full_state);
+    assert_eq!(p.report_full_state, None);
     assert_eq!(p.record.sequence_num, 6);
 }
 
@@ -124,7 +124,7 @@ fn requested_uid_and_full_state_can_be_asked_together() {
     let mut msg = heartbeat(1);
     msg.flags = agent_flags::REQUEST_INSTANCE_UID;
     let p = process(None, UID, &msg, NOW, || FRESH, &ServerConfig::default());
-    assert!(p.report_full_state);
+    assert_eq!(p.report_full_state, Some(FullStateReason::NewAgent));
     assert!(p.response.agent_identification.is_some());
 }
 

@@ -1,5 +1,6 @@
-//! Connection and batching settings of the Elasticsearch backend, and the one place that turns
-//! them into a client. Secrets never reach a log: `Debug` redacts them.
+//! Connection and batching settings of the Elasticsearch backend: the one type every caller
+//! (opampd's command line, tests, tools) builds, its defaults, its validation, and the one
+//! place that turns it into a client. Secrets never reach a log: they are [`Secret`]s.
 
 use std::fmt;
 use std::time::Duration;
@@ -10,10 +11,25 @@ use elasticsearch::http::headers::{HeaderName, HeaderValue};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use url::Url;
 
-use crate::StoreError;
+use crate::{Secret, StoreError};
 
 /// The index Kibana Fleet lists agents from (ES resolves it to the system index `.fleet-agents-7`).
 pub const DEFAULT_INDEX: &str = ".fleet-agents";
+
+/// Group-commit and read-batching defaults, sized for a 2-core ES node.
+pub const DEFAULT_BULK_MAX_ITEMS: usize = 500;
+pub const DEFAULT_BULK_MAX_WAIT: Duration = Duration::from_millis(5);
+pub const DEFAULT_BULKS_IN_FLIGHT: usize = 4;
+pub const DEFAULT_WRITE_QUEUE: usize = 20_000;
+pub const DEFAULT_MGET_MAX_ITEMS: usize = 256;
+pub const DEFAULT_MGET_MAX_WAIT: Duration = Duration::from_millis(1);
+
+/// Upper bounds, checked by [`EsConfig::validate`].
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+pub const MAX_IN_FLIGHT: usize = 64;
+pub const MAX_QUEUE: usize = 1_000_000;
+/// A batching wait is added to every message's latency.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(1);
 
 /// Header fleet-server sends; without it ES answers writes to `.fleet-agents` with a deprecation
 /// warning (system index access).
@@ -21,42 +37,25 @@ const PRODUCT_ORIGIN_HEADER: &str = "x-elastic-product-origin";
 const PRODUCT_ORIGIN: &str = "fleet";
 
 /// How the store authenticates to Elasticsearch.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum EsAuth {
     #[default]
     None,
-    /// An API key as id and secret.
-    ApiKey {
-        id: String,
-        key: String,
-    },
-    /// An API key already encoded as `base64(id:key)` (what Kibana shows as "encoded").
-    EncodedApiKey(String),
+    /// An API key, either as `id:key` or already encoded as `base64(id:key)` (what Kibana
+    /// shows as "encoded").
+    ApiKey(Secret),
     Basic {
-        user: String,
-        password: String,
+        username: String,
+        password: Secret,
     },
-}
-
-impl fmt::Debug for EsAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::None => f.write_str("None"),
-            Self::ApiKey { id, .. } => write!(f, "ApiKey {{ id: {id:?}, key: <redacted> }}"),
-            Self::EncodedApiKey(_) => f.write_str("EncodedApiKey(<redacted>)"),
-            Self::Basic { user, .. } => {
-                write!(f, "Basic {{ user: {user:?}, password: <redacted> }}")
-            }
-        }
-    }
 }
 
 /// Settings of [`ElasticsearchStore`](super::ElasticsearchStore). Start from [`EsConfig::new`]
 /// and override fields; every queue and wait is bounded by one of them.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EsConfig {
-    /// Base URL of the cluster, e.g. `http://127.0.0.1:9200`. Credentials embedded in the URL
-    /// are moved to [`EsAuth::Basic`] (when `auth` is `None`) so they never appear in errors.
+    /// Base URL of the cluster, e.g. `http://127.0.0.1:9200`. Carries no credentials (they
+    /// would show wherever the URL does); those go in `auth`.
     pub url: Url,
     /// Index (or alias) holding one document per agent.
     pub index: String,
@@ -72,7 +71,7 @@ pub struct EsConfig {
     /// `_bulk` requests in flight at once.
     pub bulks_in_flight: usize,
     /// Writes accepted but not yet sent; beyond it `put` fails fast with `Overloaded`.
-    pub queue_capacity: usize,
+    pub write_queue: usize,
     /// Most ids in one `_mget`.
     pub mget_max_items: usize,
     /// Longest a cache-miss read waits for others to share its `_mget`.
@@ -80,20 +79,20 @@ pub struct EsConfig {
     /// `_mget`/`GET` requests in flight at once.
     pub mgets_in_flight: usize,
     /// Reads accepted but not yet sent; beyond it `get` fails fast with `Overloaded`.
-    pub read_queue_capacity: usize,
+    pub read_queue: usize,
 }
 
-/// Group-commit and read-batching defaults, sized for a 2-core ES node (opampd's command line
-/// defaults are these too).
-pub const DEFAULT_BULK_MAX_ITEMS: usize = 500;
-pub const DEFAULT_BULK_MAX_WAIT: Duration = Duration::from_millis(5);
-pub const DEFAULT_BULKS_IN_FLIGHT: usize = 4;
-pub const DEFAULT_WRITE_QUEUE: usize = 20_000;
-pub const DEFAULT_MGET_MAX_ITEMS: usize = 256;
-pub const DEFAULT_MGET_MAX_WAIT: Duration = Duration::from_millis(1);
+/// A rejected setting. `setting` is the setting's name as opampd's flags spell it after
+/// `--es-` (`url`, `index`, `bulk-max-items`, ...), so the command line can name its flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct InvalidEsConfig {
+    pub setting: &'static str,
+    pub reason: String,
+}
 
 impl EsConfig {
-    /// Defaults sized for a 2-core ES node: bulks of up to 500 items after at most 5 ms.
+    /// The defaults, for the cluster at `url`.
     pub fn new(url: Url) -> Self {
         Self {
             url,
@@ -104,40 +103,74 @@ impl EsConfig {
             bulk_max_items: DEFAULT_BULK_MAX_ITEMS,
             bulk_max_wait: DEFAULT_BULK_MAX_WAIT,
             bulks_in_flight: DEFAULT_BULKS_IN_FLIGHT,
-            queue_capacity: DEFAULT_WRITE_QUEUE,
+            write_queue: DEFAULT_WRITE_QUEUE,
             mget_max_items: DEFAULT_MGET_MAX_ITEMS,
             mget_max_wait: DEFAULT_MGET_MAX_WAIT,
             mgets_in_flight: 4,
-            read_queue_capacity: 20_000,
+            read_queue: 20_000,
         }
     }
 
-    /// Rejects settings that would make a queue or batch useless before anything is spawned.
-    pub fn validate(&self) -> Result<(), StoreError> {
-        let bad =
-            |what: &str| Err(StoreError::Backend(format!("invalid elasticsearch config: {what}")));
-        if !matches!(self.url.scheme(), "http" | "https") {
-            return bad("url scheme must be http or https");
+    /// The one validation of these settings, run before anything is spawned (and by opampd
+    /// before any port is bound).
+    pub fn validate(&self) -> Result<(), InvalidEsConfig> {
+        let bad = |setting, reason: String| Err(InvalidEsConfig { setting, reason });
+        if !matches!(self.url.scheme(), "http" | "https") || self.url.host().is_none() {
+            return bad(
+                "url",
+                format!("{:?} must be an http(s) url with a host", self.redacted_url().as_str()),
+            );
         }
-        if self.index.is_empty() || self.index.contains(['/', ',', '*', ' ', '?', '#']) {
-            return bad("index must be a single concrete index name");
+        if !self.url.username().is_empty() || self.url.password().is_some() {
+            return bad(
+                "url",
+                "must not carry credentials; give them as a username and password or an api key"
+                    .into(),
+            );
         }
-        if self.bulk_max_items == 0 || self.bulks_in_flight == 0 || self.queue_capacity == 0 {
-            return bad("bulk_max_items, bulks_in_flight and queue_capacity must be positive");
+        if let Err(why) = check_index_name(&self.index) {
+            return bad("index", format!("{:?} is not a valid index name: {why}", self.index));
         }
-        if self.mget_max_items == 0 || self.mgets_in_flight == 0 || self.read_queue_capacity == 0 {
-            return bad("mget_max_items, mgets_in_flight and read_queue_capacity must be positive");
+        match &self.auth {
+            EsAuth::ApiKey(key) if key.is_empty() => return bad("api-key", "is empty".into()),
+            EsAuth::Basic { username, .. } if username.is_empty() => {
+                return bad("username", "is empty".into());
+            }
+            _ => {}
         }
-        if self.request_timeout.is_zero() || self.ready_timeout.is_zero() {
-            return bad("timeouts must be positive");
+        for (setting, value, max) in [
+            ("bulk-max-items", self.bulk_max_items, MAX_BATCH_ITEMS),
+            ("bulks-in-flight", self.bulks_in_flight, MAX_IN_FLIGHT),
+            ("write-queue", self.write_queue, MAX_QUEUE),
+            ("mget-max-items", self.mget_max_items, MAX_BATCH_ITEMS),
+            ("mgets-in-flight", self.mgets_in_flight, MAX_IN_FLIGHT),
+            ("read-queue", self.read_queue, MAX_QUEUE),
+        ] {
+            if !(1..=max).contains(&value) {
+                return bad(setting, format!("must be between 1 and {max}"));
+            }
+        }
+        for (setting, value) in
+            [("bulk-max-wait", self.bulk_max_wait), ("mget-max-wait", self.mget_max_wait)]
+        {
+            if value > MAX_BATCH_WAIT {
+                return bad(setting, format!("must be at most {}ms", MAX_BATCH_WAIT.as_millis()));
+            }
+        }
+        for (setting, value) in
+            [("request-timeout", self.request_timeout), ("ready-timeout", self.ready_timeout)]
+        {
+            if value.is_zero() {
+                return bad(setting, "must be positive".into());
+            }
         }
         Ok(())
     }
 
-    /// The URL without user info, safe to log.
+    /// The URL without user info, safe to log even before [`validate`](Self::validate) ran.
     pub(super) fn redacted_url(&self) -> Url {
         let mut url = self.url.clone();
-        // Both setters only fail for URLs that cannot carry credentials at all.
+        // both setters only fail for URLs that cannot carry credentials at all
         let _ = url.set_username("");
         let _ = url.set_password(None);
         url
@@ -146,14 +179,7 @@ impl EsConfig {
     /// Builds the client: one connection pool, the product-origin header on every request, the
     /// request timeout as the HTTP client's overall timeout.
     pub(super) fn client(&self) -> Result<Elasticsearch, StoreError> {
-        let mut auth = self.auth.clone();
-        if auth == EsAuth::None && !self.url.username().is_empty() {
-            auth = EsAuth::Basic {
-                user: decode_userinfo(self.url.username()),
-                password: decode_userinfo(self.url.password().unwrap_or("")),
-            };
-        }
-        let pool = SingleNodeConnectionPool::new(self.redacted_url());
+        let pool = SingleNodeConnectionPool::new(self.url.clone());
         let mut builder = TransportBuilder::new(pool)
             .timeout(self.request_timeout)
             .enable_meta_header(false)
@@ -161,11 +187,16 @@ impl EsConfig {
                 HeaderName::from_static(PRODUCT_ORIGIN_HEADER),
                 HeaderValue::from_static(PRODUCT_ORIGIN),
             );
-        builder = match auth {
+        builder = match &self.auth {
             EsAuth::None => builder,
-            EsAuth::ApiKey { id, key } => builder.auth(Credentials::ApiKey(id, key)),
-            EsAuth::EncodedApiKey(key) => builder.auth(Credentials::EncodedApiKey(key)),
-            EsAuth::Basic { user, password } => builder.auth(Credentials::Basic(user, password)),
+            // "id:key" is the raw pair; anything else is the encoded form
+            EsAuth::ApiKey(key) => match key.expose().split_once(':') {
+                Some((id, key)) => builder.auth(Credentials::ApiKey(id.into(), key.into())),
+                None => builder.auth(Credentials::EncodedApiKey(key.expose().into())),
+            },
+            EsAuth::Basic { username, password } => {
+                builder.auth(Credentials::Basic(username.clone(), password.expose().into()))
+            }
         };
         let transport = builder
             .build()
@@ -174,29 +205,19 @@ impl EsConfig {
     }
 }
 
-/// URL user info is percent-encoded; credentials are not. Invalid escapes stay as written.
-fn decode_userinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
+/// Elasticsearch's rules for a concrete index name (hidden `.` names such as `.fleet-agents`
+/// are allowed).
+fn check_index_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 255 {
+        return Err("must be 1 to 255 bytes");
     }
-    String::from_utf8_lossy(&out).into_owned()
+    if name == "." || name == ".." || name.starts_with(['-', '_', '+']) {
+        return Err("must not be . or .. or start with -, _ or +");
+    }
+    if name.chars().any(|c| c.is_uppercase() || r#" "*\<|,>/?#:"#.contains(c)) {
+        return Err(r#"must be lowercase without spaces or any of "*\<|,>/?#:"#);
+    }
+    Ok(())
 }
 
 impl fmt::Debug for EsConfig {
@@ -210,11 +231,11 @@ impl fmt::Debug for EsConfig {
             .field("bulk_max_items", &self.bulk_max_items)
             .field("bulk_max_wait", &self.bulk_max_wait)
             .field("bulks_in_flight", &self.bulks_in_flight)
-            .field("queue_capacity", &self.queue_capacity)
+            .field("write_queue", &self.write_queue)
             .field("mget_max_items", &self.mget_max_items)
             .field("mget_max_wait", &self.mget_max_wait)
             .field("mgets_in_flight", &self.mgets_in_flight)
-            .field("read_queue_capacity", &self.read_queue_capacity)
+            .field("read_queue", &self.read_queue)
             .finish()
     }
 }
@@ -223,36 +244,58 @@ impl fmt::Debug for EsConfig {
 mod tests {
     use super::*;
 
+    fn config() -> EsConfig {
+        EsConfig::new("http://localhost:9200".parse().unwrap())
+    }
+
+    fn rejected(tweak: impl FnOnce(&mut EsConfig)) -> &'static str {
+        let mut cfg = config();
+        tweak(&mut cfg);
+        cfg.validate().expect_err("must be rejected").setting
+    }
+
     #[test]
     fn debug_redacts_secrets() {
-        let mut cfg = EsConfig::new("http://elastic:hunter2@localhost:9200".parse().unwrap());
-        cfg.auth = EsAuth::Basic { user: "elastic".into(), password: "s3cret".into() };
+        let mut cfg = config();
+        cfg.auth = EsAuth::Basic { username: "elastic".into(), password: Secret::new("s3cret") };
         let text = format!("{cfg:?}");
-        assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
-        cfg.auth = EsAuth::ApiKey { id: "kid".into(), key: "topsecret".into() };
+        assert!(text.contains("elastic"), "{text}");
+        cfg.auth = EsAuth::ApiKey(Secret::new("kid:topsecret"));
         assert!(!format!("{cfg:?}").contains("topsecret"));
-        cfg.auth = EsAuth::EncodedApiKey("ZW5jb2RlZA==".into());
-        assert!(!format!("{cfg:?}").contains("ZW5jb2RlZA"));
     }
 
     #[test]
-    fn defaults_validate_and_bad_values_do_not() {
-        let cfg = EsConfig::new("http://localhost:9200".parse().unwrap());
-        assert_eq!(cfg.validate(), Ok(()));
-        let mut bad = cfg.clone();
-        bad.bulk_max_items = 0;
-        assert!(bad.validate().is_err());
-        let mut bad = cfg.clone();
-        bad.index = "a,b".into();
-        assert!(bad.validate().is_err());
-        let mut bad = cfg;
-        bad.url = "ftp://x".parse().unwrap();
-        assert!(bad.validate().is_err());
+    fn defaults_validate() {
+        assert_eq!(config().validate(), Ok(()));
     }
 
     #[test]
-    fn userinfo_is_percent_decoded() {
-        assert_eq!(decode_userinfo("p%40ss%3Aw+%zz"), "p@ss:w+%zz");
+    fn bad_values_name_their_setting() {
+        assert_eq!(rejected(|c| c.url = "ftp://x".parse().unwrap()), "url");
+        assert_eq!(rejected(|c| c.url = "http://elastic:pw@es:9200".parse().unwrap()), "url");
+        assert_eq!(rejected(|c| c.url = "http://elastic@es:9200".parse().unwrap()), "url");
+        for index in ["", "a,b", "Upper", "a b", "_x", "..", "a:b", &"x".repeat(256)] {
+            assert_eq!(rejected(|c| c.index = index.into()), "index", "{index:?}");
+        }
+        assert_eq!(rejected(|c| c.auth = EsAuth::ApiKey(Secret::new(""))), "api-key");
+        assert_eq!(rejected(|c| c.bulk_max_items = 0), "bulk-max-items");
+        assert_eq!(rejected(|c| c.bulk_max_items = MAX_BATCH_ITEMS + 1), "bulk-max-items");
+        assert_eq!(rejected(|c| c.bulks_in_flight = MAX_IN_FLIGHT + 1), "bulks-in-flight");
+        assert_eq!(rejected(|c| c.write_queue = 0), "write-queue");
+        assert_eq!(rejected(|c| c.mget_max_items = 0), "mget-max-items");
+        assert_eq!(rejected(|c| c.read_queue = 0), "read-queue");
+        assert_eq!(rejected(|c| c.bulk_max_wait = Duration::from_secs(2)), "bulk-max-wait");
+        assert_eq!(rejected(|c| c.mget_max_wait = Duration::from_secs(5)), "mget-max-wait");
+        assert_eq!(rejected(|c| c.request_timeout = Duration::ZERO), "request-timeout");
+    }
+
+    #[test]
+    fn hidden_and_fleet_index_names_are_valid() {
+        for index in [".fleet-agents", "opampd-agents", "agents.v2"] {
+            let mut cfg = config();
+            cfg.index = index.into();
+            assert_eq!(cfg.validate(), Ok(()), "{index}");
+        }
     }
 }

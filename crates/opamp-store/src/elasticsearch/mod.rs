@@ -29,8 +29,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tracing::info;
 
-pub use config::{DEFAULT_INDEX, EsAuth, EsConfig};
+pub use config::{DEFAULT_INDEX, EsAuth, EsConfig, InvalidEsConfig};
 
+use crate::metrics as m;
 use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
 
 /// Agent state in Elasticsearch. Cheap to clone (a handle); the background batchers stop once
@@ -99,32 +100,32 @@ impl Stats {
     fn record_bulk(&self, items: usize, took: Duration) {
         self.bulk_requests.fetch_add(1, Ordering::Relaxed);
         self.bulk_items.fetch_add(items as u64, Ordering::Relaxed);
-        metrics::counter!("opampd_es_bulk_requests_total").increment(1);
-        metrics::counter!("opampd_es_bulk_items_total").increment(items as u64);
-        metrics::histogram!("opampd_es_bulk_size").record(items as f64);
-        metrics::histogram!("opampd_es_bulk_duration_seconds").record(took.as_secs_f64());
+        metrics::counter!(m::ES_BULK_REQUESTS_TOTAL).increment(1);
+        metrics::counter!(m::ES_BULK_ITEMS_TOTAL).increment(items as u64);
+        metrics::histogram!(m::ES_BULK_SIZE).record(items as f64);
+        metrics::histogram!(m::ES_BULK_DURATION_SECONDS).record(took.as_secs_f64());
     }
 
     fn record_conflict(&self) {
         self.conflicts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("opampd_es_conflicts_total").increment(1);
+        metrics::counter!(m::ES_CONFLICTS_TOTAL).increment(1);
     }
 
     fn record_read(&self, ids: usize, took: Duration) {
         if ids == 1 {
             self.get_requests.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("opampd_es_get_requests_total").increment(1);
+            metrics::counter!(m::ES_GET_REQUESTS_TOTAL).increment(1);
         } else {
             self.mget_requests.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("opampd_es_mget_requests_total").increment(1);
-            metrics::histogram!("opampd_es_mget_size").record(ids as f64);
+            metrics::counter!(m::ES_MGET_REQUESTS_TOTAL).increment(1);
+            metrics::histogram!(m::ES_MGET_SIZE).record(ids as f64);
         }
-        metrics::histogram!("opampd_es_read_duration_seconds").record(took.as_secs_f64());
+        metrics::histogram!(m::ES_READ_DURATION_SECONDS).record(took.as_secs_f64());
     }
 
     fn record_shed(&self, what: &'static str) {
         self.shed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("opampd_es_shed_total", "op" => what).increment(1);
+        metrics::counter!(m::ES_SHED_TOTAL, "op" => what).increment(1);
     }
 }
 
@@ -134,10 +135,12 @@ impl ElasticsearchStore {
     /// by the first write or `ready`, or eagerly by [`connect`](Self::connect).
     /// Must be called inside a tokio runtime.
     pub fn new(cfg: EsConfig) -> Result<Self, StoreError> {
-        cfg.validate()?;
+        cfg.validate()
+            .map_err(|e| StoreError::Backend(format!("invalid elasticsearch config: {e}")))?;
         let client = cfg.client()?;
-        let (write_tx, write_rx) = mpsc::channel(cfg.queue_capacity);
-        let (read_tx, read_rx) = mpsc::channel(cfg.read_queue_capacity);
+        m::register_elasticsearch();
+        let (write_tx, write_rx) = mpsc::channel(cfg.write_queue);
+        let (read_tx, read_rx) = mpsc::channel(cfg.read_queue);
         let shared = Arc::new(Shared {
             cfg,
             client,

@@ -4,7 +4,6 @@
 //!
 //! Every switch cuts every open connection, so a client's pooled keep-alive connections see
 //! the new behaviour at once. Listens on 127.0.0.1 only.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::net::SocketAddr;
 use std::time::Duration;

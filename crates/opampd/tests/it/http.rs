@@ -1,12 +1,10 @@
 //! Black-box tests of the HTTP transport: a real server on 127.0.0.1:0 over the embedded store
 //! in a temporary directory, driven by a real HTTP client.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use opamp_proto::v1::{AgentDisconnect, ServerErrorResponseType, ServerToAgent};

@@ -2,10 +2,6 @@
 //! cluster's URL (or a loud skip), a unique index deleted afterwards, opampd instances that each
 //! open their own store and cache exactly as `--store elasticsearch` does, raw requests that
 //! bypass opampd, and a non-asserting OpAMP POST for failure cases.
-//!
-//! Included with `#[path = "common/es.rs"] mod es;` by the tests that need it, so the other test
-//! binaries do not compile it.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -14,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use opamp_proto::v1::{AgentToServer, ServerToAgent};
 use opamp_proto::{InstanceUid, Message, server_flags};
-use opamp_store::cache::{CacheStats, CachedStore};
-use opamp_store::elasticsearch::{ElasticsearchStore, EsStats};
-use opampd::config::{Config, EsAuth, EsConfig, StoreConfig};
+use opamp_store::cache::{CacheConfig, CacheStats, CachedStore};
+use opamp_store::elasticsearch::{ElasticsearchStore, EsConfig, EsStats};
+use opampd::config::{Config, StoreConfig};
 use opampd::store::Store;
 use opampd::{Listeners, RunError};
 use serde_json::Value;
@@ -53,12 +49,10 @@ impl TestIndex {
     /// itself, or a forwarder in front of it); every other setting is the command line default.
     pub fn config(&self, es: &Url) -> Config {
         let mut config = Config::embedded("unused-by-the-elasticsearch-store");
-        config.store = StoreConfig::Elasticsearch(EsConfig {
-            url: es.clone(),
-            index: self.name.clone(),
-            auth: EsAuth::None,
-            batching: Default::default(),
-        });
+        let mut settings = EsConfig::new(es.clone());
+        settings.index.clone_from(&self.name);
+        config.store =
+            StoreConfig::Elasticsearch { es: Box::new(settings), cache: CacheConfig::DEFAULT };
         config
     }
 

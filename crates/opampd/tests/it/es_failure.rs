@@ -6,17 +6,11 @@
 //! switched to refuse connections, to swallow requests, or to drop ES's answers. The tests read
 //! documents straight from the cluster, past the forwarder, to see what was really written.
 
-mod common;
-#[path = "common/es.rs"]
-mod es;
-#[path = "common/forwarder.rs"]
-mod forwarder;
-
 use std::time::{Duration, Instant};
 
-use common::{error_type, full, poll, uid};
-use es::{EsInstance, Outcome, TestIndex, bounded, post};
-use forwarder::{Forwarder, Mode};
+use crate::common::es::{EsInstance, Outcome, TestIndex, bounded, post};
+use crate::common::forwarder::{Forwarder, Mode};
+use crate::common::{error_type, full, poll, uid};
 use opamp_proto::InstanceUid;
 use opamp_proto::v1::{AgentToServer, ServerErrorResponseType};
 

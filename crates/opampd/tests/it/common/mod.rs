@@ -1,6 +1,8 @@
 //! Shared helpers for the black-box tests: a real server on 127.0.0.1:0 over the store the
 //! configuration names, and OpAMP message builders.
-#![allow(dead_code)] // each test binary uses a different subset
+
+pub mod es;
+pub mod forwarder;
 
 use std::path::Path;
 use std::time::Duration;

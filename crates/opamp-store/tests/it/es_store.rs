@@ -314,7 +314,7 @@ async fn a_full_write_queue_sheds_load_immediately() {
     let (addr, hold) = silent_cluster().await;
     let mut cfg = EsConfig::new(format!("http://{addr}").parse().unwrap());
     cfg.request_timeout = Duration::from_secs(2);
-    cfg.queue_capacity = 4;
+    cfg.write_queue = 4;
     cfg.bulk_max_items = 2;
     cfg.bulks_in_flight = 1;
     let store = ElasticsearchStore::new(cfg).unwrap();

@@ -2,13 +2,11 @@
 //! a real opampd for several heartbeats; we check what the server stored and that the client was
 //! asked for its full state no more often than the drift rules require.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestServer, client};
+use crate::common::{TestServer, client};
 use opamp_proto::{agent_caps, server_caps};
 use serde_json::Value;
 

@@ -6,14 +6,10 @@
 //! `ReportFullState`, `sequence_num` never lost or going backwards, and a stale cache entry is
 //! always caught by the compare-and-swap and decided again against the fresh state.
 
-mod common;
-#[path = "common/es.rs"]
-mod es;
-
 use std::time::Duration;
 
-use common::{full, poll, send, uid};
-use es::{EsInstance, Rng, TestIndex, bounded};
+use crate::common::es::{EsInstance, Rng, TestIndex, bounded};
+use crate::common::{full, poll, send, uid};
 use opamp_proto::v1::{
     AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect, AgentToServer, AnyValue,
     ComponentHealth, EffectiveConfig, KeyValue, any_value,

@@ -1,11 +1,9 @@
 //! Black-box tests of the WebSocket transport: a real server on 127.0.0.1:0 over the embedded
 //! store in a temporary directory, driven by a real WebSocket client (tokio-tungstenite).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use opamp_proto::v1::{AgentDisconnect, AgentToServer, ServerErrorResponseType, ServerToAgent};
 use opamp_proto::{Bytes, InstanceUid, Message as _, framing, server_flags};

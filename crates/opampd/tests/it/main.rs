@@ -1,0 +1,13 @@
+//! opampd's black-box tests, one module per area, linked into one test binary (one link of the
+//! server instead of one per file). Every test runs a real server on 127.0.0.1:0 with a real
+//! client; the Elasticsearch ones run against the real cluster `scripts/test.sh` provides.
+
+mod admin;
+mod cli;
+mod common;
+mod es_failure;
+mod es_multi_instance;
+mod http;
+mod interop_node;
+mod layering;
+mod ws;
