@@ -135,8 +135,16 @@ fn stored_at(seq: u64) -> AgentRecord {
 fn handle(body: &Bytes, stored: &AgentRecord, config: &ServerConfig) -> Vec<u8> {
     let msg = AgentToServer::decode(body.clone()).expect("bench input decodes");
     let uid = validate(&msg).expect("bench input has a valid uid");
-    let p =
-        process(Some(stored.clone()), uid, &msg, NOW, || InstanceUid::from_bytes([1; 16]), config);
+    let p = process(
+        Some(stored.clone()),
+        uid,
+        &msg,
+        NOW,
+        None,
+        || InstanceUid::from_bytes([1; 16]),
+        config,
+    )
+    .expect("without an enrollment nothing is refused");
     black_box(&p.record);
     p.response.encode_to_vec()
 }

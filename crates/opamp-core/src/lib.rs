@@ -8,12 +8,16 @@
 mod drift;
 mod merge;
 mod record;
+pub mod redact;
 mod response;
 
 pub use drift::{FullStateReason, full_state_reason, has_full_status};
 pub use merge::merge;
-pub use record::{AgentRecord, AgentStatus, DEFAULT_OFFLINE_AFTER_MS, Timestamp};
+pub use record::{
+    AgentRecord, AgentStatus, DEFAULT_OFFLINE_AFTER_MS, Enrollment, Timestamp, UnenrollReason,
+    Unenrolled,
+};
 pub use response::{
-    DEFAULT_SERVER_CAPABILITIES, Processed, ServerConfig, bad_request, process, unavailable,
-    validate,
+    DEFAULT_SERVER_CAPABILITIES, Processed, Refusal, ServerConfig, bad_request, process,
+    unavailable, validate,
 };

@@ -2,13 +2,16 @@
 
 use std::sync::Arc;
 
-use opamp_proto::InstanceUid;
 use opamp_proto::v1::{AgentToServer, ComponentHealth};
+use opamp_proto::{InstanceUid, agent_flags};
 
-use crate::record::{AgentRecord, AgentStatus, Timestamp};
+use crate::record::{AgentRecord, AgentStatus, Timestamp, UnenrollReason, Unenrolled};
+use crate::redact::redact_effective_config;
 
-/// The record after `msg`: present sub-messages replace the stored ones, absent ones keep them;
-/// `sequence_num` and `capabilities` are the received ones; `last_checkin` is `now`.
+/// The record after `msg`: present sub-messages replace the stored ones, absent ones keep them
+/// (an effective config is kept redacted, never raw); `sequence_num` and `capabilities` are the
+/// received ones; `last_checkin` is `now`. A message asking for a new instance uid marks this
+/// record as left behind (`reenrolled`); any other message clears that mark.
 pub fn merge(
     stored: Option<AgentRecord>,
     uid: InstanceUid,
@@ -18,7 +21,9 @@ pub fn merge(
     let mut r = stored.unwrap_or_else(|| AgentRecord::new(uid, now));
     replace(&mut r.agent_description, &msg.agent_description);
     replace(&mut r.health, &msg.health);
-    replace(&mut r.effective_config, &msg.effective_config);
+    if let Some(config) = &msg.effective_config {
+        r.effective_config = Some(Arc::new(redact_effective_config(config)));
+    }
     replace(&mut r.remote_config_status, &msg.remote_config_status);
     replace(&mut r.package_statuses, &msg.package_statuses);
     replace(&mut r.custom_capabilities, &msg.custom_capabilities);
@@ -37,6 +42,8 @@ pub fn merge(
     } else {
         r.status
     };
+    r.unenrolled = (msg.flags & agent_flags::REQUEST_INSTANCE_UID != 0)
+        .then_some(Unenrolled { reason: UnenrollReason::Reenrolled, at: now });
     r.instance_uid = uid;
     r.sequence_num = msg.sequence_num;
     r.capabilities = msg.capabilities;

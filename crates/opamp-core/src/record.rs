@@ -35,6 +35,40 @@ impl AgentStatus {
     }
 }
 
+/// The enrollment key an agent authenticated with, as the server binds it: the policy (and
+/// namespaces) the agent belongs to. Never the key's secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Enrollment {
+    /// The Elasticsearch API key id of the enrollment key (`api_key_id`).
+    pub api_key_id: String,
+    pub policy_id: String,
+    pub namespaces: Vec<String>,
+}
+
+/// Why an agent's record stopped being its current one (fleet-server's
+/// `audit_unenrolled_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnenrollReason {
+    /// The agent asked for a new instance uid (`RequestInstanceUid`) and goes on under it.
+    Reenrolled,
+}
+
+impl UnenrollReason {
+    /// The fleet-server spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reenrolled => "reenrolled",
+        }
+    }
+}
+
+/// When and why a record was left behind by its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Unenrolled {
+    pub reason: UnenrollReason,
+    pub at: Timestamp,
+}
+
 /// Everything the server keeps about one agent. Sub-messages are `None` until the agent first
 /// reports them; a message that omits one keeps the stored value (agents compress).
 ///
@@ -50,8 +84,15 @@ pub struct AgentRecord {
     pub status: AgentStatus,
     pub enrolled_at: Timestamp,
     pub last_checkin: Timestamp,
+    /// The policy the agent was enrolled under; `None` when it never authenticated (a server
+    /// running without agent authentication).
+    pub enrollment: Option<Arc<Enrollment>>,
+    /// Set when the agent left this record behind; cleared when it reports under it again.
+    pub unenrolled: Option<Unenrolled>,
     pub agent_description: Option<Arc<v1::AgentDescription>>,
     pub health: Option<Arc<v1::ComponentHealth>>,
+    /// As reported, but redacted: every file body is JSON text with its secrets replaced, or
+    /// empty (see [`redact`](crate::redact)). The raw body is never kept.
     pub effective_config: Option<Arc<v1::EffectiveConfig>>,
     pub remote_config_status: Option<Arc<v1::RemoteConfigStatus>>,
     pub package_statuses: Option<Arc<v1::PackageStatuses>>,
@@ -70,6 +111,8 @@ impl AgentRecord {
             status: AgentStatus::Online,
             enrolled_at: now,
             last_checkin: now,
+            enrollment: None,
+            unenrolled: None,
             agent_description: None,
             health: None,
             effective_config: None,

@@ -4,11 +4,13 @@ use opamp_proto::v1::{
     AgentIdentification, AgentToServer, RetryInfo, ServerErrorResponse, ServerErrorResponseType,
     ServerToAgent, server_error_response,
 };
+use std::sync::Arc;
+
 use opamp_proto::{Bytes, InstanceUid, agent_flags, server_caps, server_flags};
 
 use crate::drift::{FullStateReason, full_state_reason};
 use crate::merge::merge;
-use crate::record::{AgentRecord, Timestamp};
+use crate::record::{AgentRecord, Enrollment, Timestamp};
 
 /// What opampd accepts today. Offers (remote config, packages, connection settings) are only
 /// advertised once the server can make them.
@@ -36,6 +38,15 @@ pub struct Processed {
     pub report_full_state: Option<FullStateReason>,
 }
 
+/// Why a message is refused whatever its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The agent is enrolled under one policy and authenticated with an enrollment key of
+    /// another. Moving an agent between policies is an operator's act (re-enroll it under a new
+    /// uid, or delete its record), never a side effect of whichever key it presents.
+    PolicyMismatch { enrolled: String, presented: String },
+}
+
 /// Checks what the core needs of a decoded message: a 16-byte `instance_uid`.
 pub fn validate(msg: &AgentToServer) -> Result<InstanceUid, String> {
     InstanceUid::try_from(&msg.instance_uid[..]).map_err(|e| e.to_string())
@@ -43,18 +54,33 @@ pub fn validate(msg: &AgentToServer) -> Result<InstanceUid, String> {
 
 /// Decides the flags against `stored`, merges `msg` into it and builds the reply.
 ///
-/// `new_uid` is used only when the agent sets `RequestInstanceUid`; the caller draws it so the
-/// core stays deterministic.
+/// `enrollment` is the enrollment key the agent authenticated with (`None` without agent
+/// authentication): a new agent, or one enrolled before authentication was on, is bound to its
+/// policy; a known agent of another policy is refused. `new_uid` is used only when the agent
+/// sets `RequestInstanceUid`; the caller draws it so the core stays deterministic.
 pub fn process(
     stored: Option<AgentRecord>,
     uid: InstanceUid,
     msg: &AgentToServer,
     now: Timestamp,
+    enrollment: Option<&Arc<Enrollment>>,
     new_uid: impl FnOnce() -> InstanceUid,
     config: &ServerConfig,
-) -> Processed {
+) -> Result<Processed, Refusal> {
+    if let (Some(bound), Some(presented)) =
+        (stored.as_ref().and_then(|s| s.enrollment.as_deref()), enrollment)
+        && bound.policy_id != presented.policy_id
+    {
+        return Err(Refusal::PolicyMismatch {
+            enrolled: bound.policy_id.clone(),
+            presented: presented.policy_id.clone(),
+        });
+    }
     let report_full_state = full_state_reason(stored.as_ref(), msg);
-    let record = merge(stored, uid, msg, now);
+    let mut record = merge(stored, uid, msg, now);
+    if record.enrollment.is_none() {
+        record.enrollment = enrollment.cloned();
+    }
     let mut response = ServerToAgent {
         instance_uid: msg.instance_uid.clone(),
         // AcceptsStatus is mandatory on every reply of a stateless server, so a config that
@@ -69,7 +95,7 @@ pub fn process(
         response.agent_identification =
             Some(AgentIdentification { new_instance_uid: new_uid().as_bytes().to_vec().into() });
     }
-    Processed { record, response, report_full_state }
+    Ok(Processed { record, response, report_full_state })
 }
 
 /// A BadRequest reply: the agent must not retry. Nothing but `instance_uid` accompanies it.

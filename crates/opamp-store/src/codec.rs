@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use opamp_core::{AgentRecord, AgentStatus};
+use opamp_core::redact::redact_effective_config;
+use opamp_core::{AgentRecord, AgentStatus, Enrollment, UnenrollReason, Unenrolled};
 use opamp_proto::InstanceUid;
 use opamp_proto::v1;
 use prost::Message;
@@ -16,7 +17,16 @@ use crate::StoreError;
 
 /// The layout [`encode`] writes. Bump on any change that an older reader would misread, and
 /// teach [`decode`] to read the old one.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// - 1: the first layout. Effective-config bodies were kept as the agent sent them, secrets
+///   included: [`decode`] redacts them on the way in, so they never come out of the store raw
+///   (and the next write stores them redacted).
+/// - 2: adds the enrollment (tag 16) and the unenrollment mark (tags 17, 18); effective-config
+///   bodies are the redacted JSON text of `opamp_core::redact`.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest layout [`decode`] still reads.
+const OLDEST_READABLE: u32 = 1;
 
 /// One stored agent. Tags are part of the format: never reuse or renumber one.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -52,6 +62,56 @@ struct StoredAgent {
     available_components: Option<v1::AvailableComponents>,
     #[prost(message, optional, tag = "15")]
     connection_settings_status: Option<v1::ConnectionSettingsStatus>,
+    #[prost(message, optional, tag = "16")]
+    enrollment: Option<StoredEnrollment>,
+    /// See [`unenroll_code`]; 0 means not unenrolled.
+    #[prost(uint32, tag = "17")]
+    unenrolled_reason: u32,
+    #[prost(uint64, tag = "18")]
+    unenrolled_at: u64,
+}
+
+/// The policy binding of an agent (never a key's secret).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredEnrollment {
+    #[prost(string, tag = "1")]
+    api_key_id: String,
+    #[prost(string, tag = "2")]
+    policy_id: String,
+    #[prost(string, repeated, tag = "3")]
+    namespaces: Vec<String>,
+}
+
+impl StoredEnrollment {
+    fn from_core(e: &Enrollment) -> Self {
+        Self {
+            api_key_id: e.api_key_id.clone(),
+            policy_id: e.policy_id.clone(),
+            namespaces: e.namespaces.clone(),
+        }
+    }
+
+    fn into_core(self) -> Enrollment {
+        Enrollment {
+            api_key_id: self.api_key_id,
+            policy_id: self.policy_id,
+            namespaces: self.namespaces,
+        }
+    }
+}
+
+fn unenroll_code(reason: UnenrollReason) -> u32 {
+    match reason {
+        UnenrollReason::Reenrolled => 1,
+    }
+}
+
+fn unenroll_from_code(code: u32) -> Option<Option<UnenrollReason>> {
+    match code {
+        0 => Some(None),
+        1 => Some(Some(UnenrollReason::Reenrolled)),
+        _ => None,
+    }
 }
 
 // Explicit codes rather than enum discriminants, so reordering the core enum cannot change the
@@ -112,6 +172,13 @@ pub fn encode(record: &AgentRecord) -> Vec<u8> {
     sub(13, &record.custom_capabilities, &mut buf);
     sub(14, &record.available_components, &mut buf);
     sub(15, &record.connection_settings_status, &mut buf);
+    if let Some(e) = &record.enrollment {
+        message::encode(16, &StoredEnrollment::from_core(e), &mut buf);
+    }
+    if let Some(u) = record.unenrolled {
+        uint32::encode(17, &unenroll_code(u.reason), &mut buf);
+        scalar(18, u.at, &mut buf);
+    }
     buf
 }
 
@@ -120,7 +187,7 @@ pub fn encode(record: &AgentRecord) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
     let stored = StoredAgent::decode(bytes)
         .map_err(|e| StoreError::Corrupt(format!("undecodable agent record: {e}")))?;
-    if stored.schema_version != SCHEMA_VERSION {
+    if !(OLDEST_READABLE..=SCHEMA_VERSION).contains(&stored.schema_version) {
         return Err(StoreError::Corrupt(format!(
             "unknown agent record schema version {}",
             stored.schema_version
@@ -131,6 +198,16 @@ pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
     let status = status_from_code(stored.status).ok_or_else(|| {
         StoreError::Corrupt(format!("unknown stored status code {}", stored.status))
     })?;
+    let unenrolled = unenroll_from_code(stored.unenrolled_reason)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("unknown unenroll reason {}", stored.unenrolled_reason))
+        })?
+        .map(|reason| Unenrolled { reason, at: stored.unenrolled_at });
+    let effective_config = match stored.effective_config {
+        // written before bodies were redacted: redact now, the raw body never leaves the store
+        Some(config) if stored.schema_version < 2 => Some(redact_effective_config(&config)),
+        other => other,
+    };
     Ok(AgentRecord {
         instance_uid,
         sequence_num: stored.sequence_num,
@@ -138,9 +215,11 @@ pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
         status,
         enrolled_at: stored.enrolled_at,
         last_checkin: stored.last_checkin,
+        enrollment: stored.enrollment.map(|e| Arc::new(e.into_core())),
+        unenrolled,
         agent_description: stored.agent_description.map(Arc::new),
         health: stored.health.map(Arc::new),
-        effective_config: stored.effective_config.map(Arc::new),
+        effective_config: effective_config.map(Arc::new),
         remote_config_status: stored.remote_config_status.map(Arc::new),
         package_statuses: stored.package_statuses.map(Arc::new),
         custom_capabilities: stored.custom_capabilities.map(Arc::new),
@@ -172,6 +251,9 @@ mod tests {
             custom_capabilities: record.custom_capabilities.as_deref().cloned(),
             available_components: record.available_components.as_deref().cloned(),
             connection_settings_status: record.connection_settings_status.as_deref().cloned(),
+            enrollment: record.enrollment.as_deref().map(StoredEnrollment::from_core),
+            unenrolled_reason: record.unenrolled.map_or(0, |u| unenroll_code(u.reason)),
+            unenrolled_at: record.unenrolled.map_or(0, |u| u.at),
         }
         .encode_to_vec()
     }
@@ -231,6 +313,46 @@ mod tests {
         stored.schema_version = SCHEMA_VERSION + 1;
         let err = decode(&stored.encode_to_vec()).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(ref m) if m.contains("schema version")), "{err}");
+    }
+
+    #[test]
+    fn a_first_layout_record_comes_out_with_its_secrets_redacted() {
+        let raw = v1::EffectiveConfig {
+            config_map: Some(v1::AgentConfigMap {
+                config_map: [(
+                    String::new(),
+                    v1::AgentConfigFile {
+                        body: "exporters: {otlp: {headers: {api-key: SECRET-1}}}".into(),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+            }),
+        };
+        let mut stored =
+            StoredAgent::decode(encode(&minimal_record(InstanceUid::new_v7())).as_slice())
+                .expect("own encoding decodes");
+        stored.schema_version = 1;
+        stored.effective_config = Some(raw);
+        let record = decode(&stored.encode_to_vec()).expect("version 1 is readable");
+        let config = record.effective_config.unwrap();
+        let body = &config.config_map.as_ref().unwrap().config_map[""].body;
+        let body = std::str::from_utf8(body).unwrap();
+        assert!(!body.contains("SECRET-1"), "{body}");
+        assert!(body.contains("REDACTED"), "{body}");
+    }
+
+    #[test]
+    fn enrollment_and_unenrollment_round_trip() {
+        let mut record = minimal_record(InstanceUid::new_v7());
+        record.enrollment = Some(Arc::new(Enrollment {
+            api_key_id: "kid".into(),
+            policy_id: "policy-1".into(),
+            namespaces: vec!["default".into(), "team-a".into()],
+        }));
+        record.unenrolled = Some(Unenrolled { reason: UnenrollReason::Reenrolled, at: 1234 });
+        assert_eq!(decode(&encode(&record)), Ok(record.clone()));
+        assert_eq!(encode(&record), reference(&record));
     }
 
     #[test]

@@ -148,6 +148,15 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
         status: AgentStatus::Degraded,
         enrolled_at: 1_700_000_000_123,
         last_checkin: 1_700_000_060_456,
+        enrollment: Some(Arc::new(opamp_core::Enrollment {
+            api_key_id: "enrollment-key-id".to_owned(),
+            policy_id: "policy-ü".to_owned(),
+            namespaces: vec!["default".to_owned(), "team-a".to_owned()],
+        })),
+        unenrolled: Some(opamp_core::Unenrolled {
+            reason: opamp_core::UnenrollReason::Reenrolled,
+            at: 1_700_000_060_999,
+        }),
         agent_description: Some(Arc::new(v1::AgentDescription {
             identifying_attributes: vec![
                 kv("service.name", text("otelcol-contrib")),
@@ -193,7 +202,8 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
                     (
                         String::new(),
                         v1::AgentConfigFile {
-                            body: "receivers:\n  otlp: {}\n".into(),
+                            // as the core keeps it: redacted JSON text
+                            body: r#"{"exporters":{"otlp":{"headers":{"api-key":"REDACTED"}}},"receivers":{"otlp":{}}}"#.into(),
                             content_type: "text/yaml".to_owned(),
                             role: String::new(),
                         },

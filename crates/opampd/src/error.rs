@@ -30,6 +30,17 @@ pub enum RequestError {
     /// The message (after decompression) exceeds the limit.
     #[error("message larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// No usable credentials (missing, malformed, unknown, revoked, inactive, expired key): the
+    /// agent must be given a valid enrollment key. Carries the reason for the log only.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// Authenticated, but not allowed to write this agent (its enrollment key belongs to
+    /// another policy). Carries the text put into `error_response.error_message`.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Elasticsearch is rate-limiting the authentication calls: retry later.
+    #[error("authentication rate-limited")]
+    RateLimited,
     /// Only POST and GET with a WebSocket upgrade exist on /v1/opamp.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -59,6 +70,9 @@ impl RequestError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +85,9 @@ impl RequestError {
             Self::UnsupportedMediaType(_) => Outcome::UnsupportedMediaType,
             Self::PayloadTooLarge { .. } => Outcome::TooLarge,
             Self::MethodNotAllowed | Self::UpgradeRequired => Outcome::BadMethod,
+            Self::Unauthorized(_) => Outcome::Unauthorized,
+            Self::Forbidden(_) => Outcome::Forbidden,
+            Self::RateLimited => Outcome::RateLimited,
             Self::Overloaded => Outcome::Overloaded,
             Self::Unavailable(_) => Outcome::Unavailable,
             Self::Internal(_) => Outcome::Internal,
@@ -87,7 +104,14 @@ impl RequestError {
     /// failure has no OpAMP form (the request never was an OpAMP message).
     pub fn server_to_agent(&self, instance_uid: Bytes) -> Option<ServerToAgent> {
         match self {
-            Self::BadRequest(msg) => Some(opamp_core::bad_request(instance_uid, msg.clone())),
+            Self::BadRequest(msg) | Self::Forbidden(msg) => {
+                Some(opamp_core::bad_request(instance_uid, msg.clone()))
+            }
+            Self::RateLimited => Some(opamp_core::unavailable(
+                instance_uid,
+                "authentication busy, retry later",
+                RETRY_AFTER.as_nanos() as u64,
+            )),
             Self::PayloadTooLarge { limit } => Some(opamp_core::bad_request(
                 instance_uid,
                 format!("message larger than {limit} bytes"),
@@ -98,7 +122,10 @@ impl RequestError {
                 RETRY_AFTER.as_nanos() as u64,
             )),
             Self::Internal(_) => Some(internal_reply(instance_uid)),
-            Self::UnsupportedMediaType(_) | Self::MethodNotAllowed | Self::UpgradeRequired => None,
+            Self::UnsupportedMediaType(_)
+            | Self::MethodNotAllowed
+            | Self::UpgradeRequired
+            | Self::Unauthorized(_) => None,
         }
     }
 
@@ -114,6 +141,11 @@ impl RequestError {
                 "message exceeds the {limit} byte limit (after decompression); do not retry"
             )),
             Self::MethodNotAllowed => text_body("use POST, or GET with a websocket upgrade".into()),
+            // the reason goes to the log, never to a client probing keys
+            Self::Unauthorized(_) => text_body("a valid enrollment api key is required".into()),
+            Self::Forbidden(_) | Self::RateLimited => {
+                protobuf_body(self.server_to_agent(instance_uid))
+            }
             Self::UpgradeRequired => text_body("websocket upgrade required".into()),
             Self::Overloaded | Self::Unavailable(_) => {
                 protobuf_body(self.server_to_agent(instance_uid))
@@ -124,8 +156,11 @@ impl RequestError {
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
         match self {
-            Self::Overloaded | Self::Unavailable(_) => {
+            Self::Overloaded | Self::Unavailable(_) | Self::RateLimited => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
             }
             Self::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
@@ -189,6 +224,9 @@ mod tests {
         assert_eq!(RequestError::Overloaded.status(), 503);
         assert_eq!(RequestError::Unavailable("x".into()).status(), 503);
         assert_eq!(RequestError::Internal("x".into()).status(), 500);
+        assert_eq!(RequestError::Unauthorized("x").status(), 401);
+        assert_eq!(RequestError::Forbidden("x".into()).status(), 403);
+        assert_eq!(RequestError::RateLimited.status(), 429);
     }
 
     #[test]
@@ -225,6 +263,9 @@ mod tests {
             RequestError::Overloaded,
             RequestError::Unavailable("x".into()),
             RequestError::Internal("x".into()),
+            RequestError::Unauthorized("x"),
+            RequestError::Forbidden("x".into()),
+            RequestError::RateLimited,
         ] {
             let uid = Bytes::from_static(&[1; 16]);
             let reply = err.in_band_reply(uid.clone());

@@ -5,6 +5,7 @@
 //! any input, including gzip bombs.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -18,6 +19,7 @@ use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use opamp_core::Enrollment;
 
 use crate::error::{PROTOBUF, RequestError};
 use crate::service::{OpampService, echo_uid};
@@ -93,7 +95,9 @@ async fn post(
     let payload = read_payload(body, &parts.headers, gzip, limit).await.map_err(no_uid)?;
     let msg = OpampService::decode(&payload).map_err(no_uid)?;
     let _ = uid_slot.set(echo_uid(Some(&msg)));
-    let reply = state.service.handle(&msg).await.map_err(|e| (e, echo_uid(Some(&msg))))?;
+    let enrollment = parts.extensions.get::<Arc<Enrollment>>();
+    let reply =
+        state.service.handle(&msg, enrollment).await.map_err(|e| (e, echo_uid(Some(&msg))))?;
     let encoded = OpampService::encode(&reply, limit).map_err(|e| (e, echo_uid(Some(&msg))))?;
     Ok(protobuf_response(encoded, accepts_gzip(&parts.headers)))
 }

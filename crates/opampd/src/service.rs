@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use opamp_core::{ServerConfig, Timestamp};
+use opamp_core::{Enrollment, Refusal, ServerConfig, Timestamp};
 use opamp_proto::v1::{AgentToServer, ServerToAgent};
 use opamp_proto::{InstanceUid, Message};
 use opamp_store::{AgentStore, Precondition, StoreError};
@@ -80,7 +80,14 @@ impl OpampService {
     }
 
     /// Answers one message: validate, read, decide, conditionally write, retry on conflict.
-    pub async fn handle(&self, msg: &AgentToServer) -> Result<ServerToAgent, RequestError> {
+    /// `enrollment` is the enrollment key the request authenticated with (`None` when agent
+    /// authentication is off); the core binds a new agent to its policy and refuses a known
+    /// agent of another policy.
+    pub async fn handle(
+        &self,
+        msg: &AgentToServer,
+        enrollment: Option<&Arc<Enrollment>>,
+    ) -> Result<ServerToAgent, RequestError> {
         let uid = opamp_core::validate(msg).map_err(RequestError::BadRequest)?;
         for attempt in 1..=MAX_CAS_ATTEMPTS {
             let stored = self.store.get(uid).await.map_err(|e| store_failure(uid, "get", e))?;
@@ -93,9 +100,11 @@ impl OpampService {
                 uid,
                 msg,
                 self.now(),
+                enrollment,
                 InstanceUid::new_v7,
                 &self.server,
-            );
+            )
+            .map_err(|refusal| refused(uid, refusal))?;
             match self.store.put(&processed.record, precondition).await {
                 Ok(_) => {
                     if let Some(reason) = processed.report_full_state {
@@ -119,6 +128,20 @@ impl OpampService {
         }
         tracing::warn!(instance_uid = %uid, attempts = MAX_CAS_ATTEMPTS, "cas retries exhausted");
         Err(RequestError::Unavailable("write contention".into()))
+    }
+}
+
+fn refused(uid: InstanceUid, refusal: Refusal) -> RequestError {
+    match refusal {
+        Refusal::PolicyMismatch { enrolled, presented } => {
+            tracing::warn!(
+                instance_uid = %uid,
+                enrolled_policy = %enrolled,
+                presented_policy = %presented,
+                "agent refused: its enrollment key belongs to another policy"
+            );
+            RequestError::Forbidden("agent is enrolled under another policy".into())
+        }
     }
 }
 

@@ -81,18 +81,24 @@ pub enum Outcome {
     UnsupportedMediaType,
     TooLarge,
     BadMethod,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
     Overloaded,
     Unavailable,
     Internal,
 }
 
 impl Outcome {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 11] = [
         Self::Ok,
         Self::BadRequest,
         Self::UnsupportedMediaType,
         Self::TooLarge,
         Self::BadMethod,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::RateLimited,
         Self::Overloaded,
         Self::Unavailable,
         Self::Internal,
@@ -105,6 +111,9 @@ impl Outcome {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooLarge => "too_large",
             Self::BadMethod => "bad_method",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",

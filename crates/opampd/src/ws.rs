@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use http::{HeaderMap, header};
+use opamp_core::Enrollment;
 use opamp_proto::Message as _;
 use opamp_proto::framing;
 use opamp_proto::v1::AgentToServer;
@@ -72,6 +73,7 @@ pub async fn upgrade(state: AppState, req: Request) -> Response {
     let limit = limits.max_message_bytes;
     let session = Session {
         service: state.service,
+        enrollment: parts.extensions.get::<Arc<Enrollment>>().cloned(),
         limits,
         in_flight: state.in_flight,
         phase: state.ws.phase(),
@@ -104,6 +106,9 @@ type Answer = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 /// One upgraded connection. Holds handles only; agents' state lives in the store.
 struct Session {
     service: OpampService,
+    /// The enrollment key the upgrade request authenticated with, for every message of the
+    /// session (`None` without agent authentication).
+    enrollment: Option<Arc<Enrollment>>,
     limits: Limits,
     in_flight: Arc<Semaphore>,
     phase: watch::Receiver<Phase>,
@@ -273,6 +278,7 @@ impl Session {
     /// Every path yields a reply: the server answers every `AgentToServer`.
     fn answer(&self, msg: Result<Box<AgentToServer>, RequestError>) -> Answer {
         let service = self.service.clone();
+        let enrollment = self.enrollment.clone();
         let limits = self.limits;
         // taken now, in arrival order; none left sheds this message, as HTTP answers 503
         let permit = self.in_flight.clone().try_acquire_owned().ok();
@@ -286,7 +292,7 @@ impl Session {
                         None => Err(RequestError::Overloaded),
                         Some(_permit) => {
                             let _gauge = GaugeGuard::in_flight();
-                            handle(&service, &msg, limits).await
+                            handle(&service, &msg, enrollment.as_ref(), limits).await
                         }
                     };
                     (uid, result)
@@ -317,16 +323,17 @@ impl Session {
 async fn handle(
     service: &OpampService,
     msg: &AgentToServer,
+    enrollment: Option<&Arc<Enrollment>>,
     limits: Limits,
 ) -> Result<Vec<u8>, RequestError> {
     // As over HTTP, a timeout can fire after the store applied the write; the agent's next
     // message then reads as a gap and is asked for its full state: safe.
-    let reply = tokio::time::timeout(limits.request_timeout, service.handle(msg)).await.map_err(
-        |_| {
+    let reply = tokio::time::timeout(limits.request_timeout, service.handle(msg, enrollment))
+        .await
+        .map_err(|_| {
             tracing::warn!(timeout = ?limits.request_timeout, "websocket message timed out");
             RequestError::Unavailable("request timed out".into())
-        },
-    )??;
+        })??;
     OpampService::encode(&reply, limits.max_message_bytes)
 }
 

@@ -39,9 +39,11 @@ fn handle(payload: Bytes, stored: &mut Option<AgentRecord>, now: u64) -> Option<
                 uid,
                 &msg,
                 now,
+                None,
                 || InstanceUid::from_bytes([9; 16]),
                 &ServerConfig::default(),
-            );
+            )
+            .expect("without an enrollment nothing is refused");
             // Keep the merged record so later garbage lands on accumulated state too.
             *stored = Some(p.record);
             p.response
@@ -69,7 +71,7 @@ fn random_bytes_never_panic_the_request_path() {
             decoded += usize::from(handle(payload, &mut stored, NOW + i).is_some());
         }
     }
-    // Not a target, a sanity check that the soup reaches process() at all (empty and tiny
+    // Not a target, a sanity check that the soup reaches process().expect("without an enrollment nothing is refused") at all (empty and tiny
     // buffers decode as messages).
     assert!(decoded > 0);
 }

@@ -71,7 +71,14 @@ pub fn health(healthy: bool, status: &str) -> ComponentHealth {
     ComponentHealth { healthy, status: status.into(), ..Default::default() }
 }
 
-pub fn effective_config(body: &str) -> EffectiveConfig {
+/// An effective config whose one file is `{"label": <label>}`: already the JSON text the
+/// redaction writes, so a merged record holds it unchanged.
+pub fn effective_config(label: &str) -> EffectiveConfig {
+    config_file(&format!(r#"{{"label":"{label}"}}"#))
+}
+
+/// An effective config of one file (`""`) with `body` as the agent sent it.
+pub fn config_file(body: &str) -> EffectiveConfig {
     EffectiveConfig {
         config_map: Some(AgentConfigMap {
             config_map: [(

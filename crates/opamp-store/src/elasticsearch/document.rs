@@ -15,6 +15,7 @@ use opamp_proto::v1::{self, any_value};
 use opamp_proto::{InstanceUid, agent_caps};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::StoreError;
@@ -29,13 +30,23 @@ pub const SCHEMA_VERSION: u64 = 1;
 const MAX_KEYWORD_BYTES: usize = 1024;
 /// Nesting kept from attribute values and component health (flattened fields refuse depth > 20).
 const MAX_DEPTH: usize = 4;
-/// Effective-config text shown in the document; beyond it bodies are omitted (the blob keeps them).
-const MAX_CONFIG_TEXT_BYTES: usize = 64 * 1024;
+/// Most tags kept in the document (a tag list is for filtering, not storage).
+const MAX_TAGS: usize = 100;
 
 /// The `_source` fields a read needs (the rest is for Kibana).
 pub const READ_SOURCE_FIELDS: &str = "opampd";
 
+/// The non-identifying attribute holding an agent's tags, comma-separated (fleet-server's
+/// convention); it becomes the document's `tags` rather than an attribute.
+const TAGS_ATTRIBUTE: &str = "tags";
+
 /// Serializes `record` as the document's JSON `_source`, stamped `updated_at = now_ms`.
+///
+/// The fleet fields are written as fleet-server's OpAMP handler writes them, so Kibana reads
+/// opampd's agents unchanged: `agent.type`/`local_metadata.elastic.agent.name` from
+/// `service.name`, versions from `service.version`, host and os from `host.name`/`os.type`,
+/// `tags` from `service.name` and the `tags` attribute, the redacted effective config as an
+/// object, health as `component_health_map`, the enrollment's `policy_id`/`namespaces`.
 pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
     let state = base64_encode(&codec::encode(record));
     let description = record.agent_description.as_deref();
@@ -44,8 +55,11 @@ pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
         [h.last_error.as_str(), h.status.as_str()].into_iter().find(|s| !s.is_empty())
     });
     let uid = record.instance_uid.to_string();
+    let service_name = attr("service.name").map(truncate);
+    let version = attr("service.version").map(truncate);
+    let enrollment = record.enrollment.as_deref();
     let doc = Doc {
-        agent: AgentField { id: &uid, version: attr("service.version").map(truncate) },
+        agent: AgentField { id: &uid, kind: service_name, version, name: None },
         kind: "OPAMP",
         active: true,
         enrolled_at: Rfc3339(record.enrolled_at),
@@ -56,13 +70,20 @@ pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
         sequence_num: record.sequence_num.min(i64::MAX as u64),
         capabilities: Capabilities(record.capabilities),
         health: record.health.as_deref().map(|h| Health(h, 0)),
-        effective_config: record.effective_config.as_deref().map(EffectiveConfig),
-        identifying_attributes: description.map(|d| Attributes(&d.identifying_attributes, 0)),
-        non_identifying_attributes: description
-            .map(|d| Attributes(&d.non_identifying_attributes, 0)),
+        effective_config: record.effective_config.as_deref().and_then(effective_config_object),
+        identifying_attributes: description.map(|d| Attributes {
+            kvs: &d.identifying_attributes,
+            depth: 0,
+            skip: None,
+        }),
+        non_identifying_attributes: description.map(|d| Attributes {
+            kvs: &d.non_identifying_attributes,
+            depth: 0,
+            skip: Some(TAGS_ATTRIBUTE),
+        }),
         local_metadata: LocalMetadata {
             elastic: ElasticMeta {
-                agent: AgentField { id: &uid, version: attr("service.version").map(truncate) },
+                agent: AgentField { id: &uid, kind: None, version, name: service_name },
             },
             host: HostMeta {
                 hostname: attr("host.name").map(truncate),
@@ -75,8 +96,12 @@ pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
                 full: attr("os.description").map(truncate),
             },
         },
-        tags: [],
+        tags: tags(service_name, description),
+        policy_id: enrollment.map(|e| truncate(&e.policy_id)),
+        namespaces: enrollment.map(|e| e.namespaces.iter().map(|n| truncate(n)).collect()),
         policy_revision_idx: 1,
+        audit_unenrolled_reason: record.unenrolled.map(|u| u.reason.as_str()),
+        audit_unenrolled_time: record.unenrolled.map(|u| Rfc3339(u.at)),
         updated_at: Rfc3339(now_ms),
         opampd: Opampd { schema_version: SCHEMA_VERSION, state: &state },
     };
@@ -121,7 +146,9 @@ pub fn mappings() -> Value {
         "dynamic": false,
         "_meta": { "opampd_schema_version": SCHEMA_VERSION },
         "properties": {
-            "agent": { "properties": { "id": { "type": "keyword" }, "version": keyword } },
+            "agent": { "properties": {
+                "id": { "type": "keyword" }, "type": keyword, "version": keyword
+            } },
             "type": { "type": "keyword" },
             "active": { "type": "boolean" },
             "enrolled_at": { "type": "date" },
@@ -140,14 +167,18 @@ pub fn mappings() -> Value {
             "local_metadata": {
                 "properties": {
                     "elastic": { "properties": { "agent": { "properties": {
-                        "id": { "type": "keyword" }, "version": keyword
+                        "id": { "type": "keyword" }, "version": keyword, "name": keyword
                     } } } },
                     "host": { "properties": { "hostname": keyword, "name": keyword, "id": keyword, "architecture": keyword } },
                     "os": { "properties": { "platform": keyword, "full": keyword } }
                 }
             },
             "tags": { "type": "keyword" },
+            "policy_id": { "type": "keyword" },
+            "namespaces": { "type": "keyword" },
             "policy_revision_idx": { "type": "integer" },
+            "audit_unenrolled_reason": { "type": "keyword" },
+            "audit_unenrolled_time": { "type": "date" },
             "updated_at": { "type": "date" },
             "opampd": {
                 "properties": {
@@ -181,23 +212,36 @@ struct Doc<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<Health<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    effective_config: Option<EffectiveConfig<'a>>,
+    effective_config: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     identifying_attributes: Option<Attributes<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     non_identifying_attributes: Option<Attributes<'a>>,
     local_metadata: LocalMetadata<'a>,
-    tags: [&'static str; 0],
+    tags: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespaces: Option<Vec<&'a str>>,
     policy_revision_idx: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_unenrolled_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_unenrolled_time: Option<Rfc3339>,
     updated_at: Rfc3339,
     opampd: Opampd<'a>,
 }
 
+/// `agent` (id, type, version) and `local_metadata.elastic.agent` (id, version, name).
 #[derive(Serialize)]
 struct AgentField<'a> {
     id: &'a str,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -267,16 +311,25 @@ impl Serialize for Rfc3339 {
 }
 
 /// Attributes as an object `key -> value`. Keys are deduplicated (last wins): ES refuses a
-/// document with a duplicate JSON key.
-struct Attributes<'a>(&'a [v1::KeyValue], usize);
+/// document with a duplicate JSON key. `skip` leaves one key out (the `tags` attribute, which
+/// becomes the document's `tags`).
+struct Attributes<'a> {
+    kvs: &'a [v1::KeyValue],
+    depth: usize,
+    skip: Option<&'static str>,
+}
 
 impl Serialize for Attributes<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let unique: BTreeMap<&str, Option<&v1::AnyValue>> =
-            self.0.iter().map(|kv| (kv.key.as_str(), kv.value.as_ref())).collect();
+        let unique: BTreeMap<&str, Option<&v1::AnyValue>> = self
+            .kvs
+            .iter()
+            .filter(|kv| Some(kv.key.as_str()) != self.skip)
+            .map(|kv| (kv.key.as_str(), kv.value.as_ref()))
+            .collect();
         let mut map = s.serialize_map(Some(unique.len()))?;
         for (key, value) in unique {
-            map.serialize_entry(key, &Any(value, self.1 + 1))?;
+            map.serialize_entry(key, &Any(value, self.depth + 1))?;
         }
         map.end()
     }
@@ -305,12 +358,16 @@ impl Serialize for Any<'_> {
                 }
                 seq.end()
             }
-            any_value::Value::KvlistValue(v) => Attributes(&v.values, self.1).serialize(s),
+            any_value::Value::KvlistValue(v) => {
+                Attributes { kvs: &v.values, depth: self.1, skip: None }.serialize(s)
+            }
         }
     }
 }
 
-/// Component health, nested components to [`MAX_DEPTH`]; empty strings and zero times omitted.
+/// Component health in fleet-server's shape (the OpAMP field names): `healthy` (always, also
+/// when false), `status`, `last_error`, `start_time_unix_nano`, `status_time_unix_nano` and
+/// `component_health_map`, nested to [`MAX_DEPTH`]; empty strings and zero times omitted.
 struct Health<'a>(&'a v1::ComponentHealth, usize);
 
 impl Serialize for Health<'_> {
@@ -325,55 +382,55 @@ impl Serialize for Health<'_> {
             map.serialize_entry("last_error", &h.last_error)?;
         }
         if h.start_time_unix_nano != 0 {
-            map.serialize_entry("start_time", &Rfc3339(h.start_time_unix_nano / 1_000_000))?;
+            map.serialize_entry("start_time_unix_nano", &h.start_time_unix_nano)?;
         }
         if h.status_time_unix_nano != 0 {
-            map.serialize_entry("status_time", &Rfc3339(h.status_time_unix_nano / 1_000_000))?;
+            map.serialize_entry("status_time_unix_nano", &h.status_time_unix_nano)?;
         }
         if !h.component_health_map.is_empty() && self.1 < MAX_DEPTH {
             // Sorted so that equal state gives byte-equal documents.
-            let sorted: BTreeMap<&String, &v1::ComponentHealth> =
-                h.component_health_map.iter().collect();
             let components: BTreeMap<&String, Health<'_>> =
-                sorted.into_iter().map(|(k, v)| (k, Health(v, self.1 + 1))).collect();
-            map.serialize_entry("components", &components)?;
+                h.component_health_map.iter().map(|(k, v)| (k, Health(v, self.1 + 1))).collect();
+            map.serialize_entry("component_health_map", &components)?;
         }
         map.end()
     }
 }
 
-/// Effective config files as `name -> {content_type, body}`, bodies as text when they are UTF-8
-/// and the total stays under [`MAX_CONFIG_TEXT_BYTES`].
-struct EffectiveConfig<'a>(&'a v1::EffectiveConfig);
-
-impl Serialize for EffectiveConfig<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let files: BTreeMap<&String, &v1::AgentConfigFile> =
-            self.0.config_map.iter().flat_map(|m| m.config_map.iter()).collect();
-        let total: usize = files.values().map(|f| f.body.len()).sum();
-        let show_bodies = total <= MAX_CONFIG_TEXT_BYTES;
-        let mut map = s.serialize_map(Some(1))?;
-        let shown: BTreeMap<&String, ConfigFile<'_>> =
-            files.into_iter().map(|(k, f)| (k, ConfigFile(f, show_bodies))).collect();
-        map.serialize_entry("config_map", &shown)?;
-        map.end()
+/// The effective config as fleet-server stores it: the `""` file (the collector's main
+/// config) as a JSON object. The record holds it already parsed and redacted as JSON text
+/// (`opamp_core::redact`); a body that is empty, not an object, or not JSON (a record written
+/// by some other means) is left out rather than risk an unindexable document.
+fn effective_config_object(config: &v1::EffectiveConfig) -> Option<&RawValue> {
+    let body = &config.config_map.as_ref()?.config_map.get("")?.body;
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.starts_with('{') {
+        return None;
     }
+    serde_json::from_str::<&RawValue>(text).ok()
 }
 
-struct ConfigFile<'a>(&'a v1::AgentConfigFile, bool);
-
-impl Serialize for ConfigFile<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(None)?;
-        if !self.0.content_type.is_empty() {
-            map.serialize_entry("content_type", &self.0.content_type)?;
+/// `tags` as fleet-server builds them: `service.name` first, then the comma-separated values of
+/// the non-identifying `tags` attribute, trimmed, without empty ones, each once in first-seen
+/// order. Unlike fleet-server, no empty tag stands in for a missing `service.name`.
+fn tags<'a>(service_name: Option<&'a str>, d: Option<&'a v1::AgentDescription>) -> Vec<&'a str> {
+    let listed = d
+        .and_then(|d| d.non_identifying_attributes.iter().rev().find(|kv| kv.key == TAGS_ATTRIBUTE))
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim);
+    let mut out: Vec<&str> = Vec::new();
+    for tag in service_name.into_iter().chain(listed) {
+        let tag = truncate(tag);
+        if !tag.is_empty() && !out.contains(&tag) && out.len() < MAX_TAGS {
+            out.push(tag);
         }
-        match std::str::from_utf8(&self.0.body) {
-            Ok(text) if self.1 => map.serialize_entry("body", text)?,
-            _ => map.serialize_entry("body_bytes", &self.0.body.len())?,
-        }
-        map.end()
     }
+    out
 }
 
 /// The last string value of attribute `key` (identifying first, then non-identifying).
@@ -463,6 +520,96 @@ mod tests {
         assert_eq!(doc["local_metadata"]["host"]["hostname"], "web-1");
         assert_eq!(doc["policy_revision_idx"], 1);
         assert_eq!(doc["opampd"]["schema_version"], SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn fleet_fields_come_from_the_description_enrollment_and_redacted_config() {
+        let mut r = record();
+        let d = Arc::make_mut(r.agent_description.as_mut().unwrap());
+        d.non_identifying_attributes
+            .push(kv("os.type", any_value::Value::StringValue("linux".into())));
+        d.non_identifying_attributes
+            .push(kv("tags", any_value::Value::StringValue(" a, b,,a ,otelcol".into())));
+        r.enrollment = Some(Arc::new(opamp_core::Enrollment {
+            api_key_id: "kid".into(),
+            policy_id: "p1".into(),
+            namespaces: vec!["default".into()],
+        }));
+        r.unenrolled = Some(opamp_core::Unenrolled {
+            reason: opamp_core::UnenrollReason::Reenrolled,
+            at: 1_700_000_040_000,
+        });
+        r.effective_config =
+            Some(Arc::new(opamp_core::redact::redact_effective_config(&v1::EffectiveConfig {
+                config_map: Some(v1::AgentConfigMap {
+                    config_map: [(
+                        String::new(),
+                        v1::AgentConfigFile {
+                            body: "exporters: {es: {password: pw, endpoint: x}}".into(),
+                            ..Default::default()
+                        },
+                    )]
+                    .into(),
+                }),
+            })));
+        let text = String::from_utf8(to_source(&r, 0)).unwrap();
+        assert!(!text.contains("\"pw\""), "{text}");
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["agent"]["type"], "otelcol");
+        assert_eq!(doc["local_metadata"]["elastic"]["agent"]["name"], "otelcol");
+        assert_eq!(doc["local_metadata"]["elastic"]["agent"]["version"], "0.99.0");
+        assert_eq!(doc["local_metadata"]["os"]["platform"], "linux");
+        assert_eq!(doc["tags"], json!(["otelcol", "a", "b"]));
+        assert_eq!(doc["non_identifying_attributes"].get("tags"), None);
+        assert_eq!(doc["policy_id"], "p1");
+        assert_eq!(doc["namespaces"], json!(["default"]));
+        assert_eq!(doc["audit_unenrolled_reason"], "reenrolled");
+        assert_eq!(doc["audit_unenrolled_time"], "2023-11-14T22:14:00.000Z");
+        assert_eq!(
+            doc["effective_config"],
+            json!({"exporters": {"es": {"endpoint": "x", "password": "REDACTED"}}})
+        );
+    }
+
+    #[test]
+    fn health_has_fleet_server_field_names() {
+        let mut r = record();
+        r.health = Some(Arc::new(v1::ComponentHealth {
+            healthy: false,
+            start_time_unix_nano: 1_787_306_400_000_000_000,
+            status_time_unix_nano: 1_787_306_405_000_000_000,
+            last_error: "refused".into(),
+            status: "StatusPermanentError".into(),
+            component_health_map: [(
+                "pipeline:logs".to_owned(),
+                v1::ComponentHealth {
+                    healthy: true,
+                    status: "StatusOK".into(),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        }));
+        let doc: Value = serde_json::from_slice(&to_source(&r, 0)).unwrap();
+        let h = &doc["health"];
+        assert_eq!(h["healthy"], false);
+        assert_eq!(h["start_time_unix_nano"], 1_787_306_400_000_000_000u64);
+        assert_eq!(h["status_time_unix_nano"], 1_787_306_405_000_000_000u64);
+        assert_eq!(h["last_error"], "refused");
+        assert_eq!(h["component_health_map"]["pipeline:logs"]["status"], "StatusOK");
+        assert_eq!(doc["last_checkin_message"], "refused");
+    }
+
+    #[test]
+    fn a_missing_service_name_gives_no_empty_tag_and_no_type() {
+        let mut r = record();
+        Arc::make_mut(r.agent_description.as_mut().unwrap()).identifying_attributes.clear();
+        let doc: Value = serde_json::from_slice(&to_source(&r, 0)).unwrap();
+        assert_eq!(doc["tags"], json!([]));
+        assert_eq!(doc["agent"].get("type"), None);
+        assert_eq!(doc.get("policy_id"), None);
+        assert_eq!(doc.get("effective_config"), None);
     }
 
     #[test]
