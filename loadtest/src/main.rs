@@ -81,6 +81,11 @@ struct Cli {
     /// Also write the JSON summary to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Enrollment API key (the encoded `base64(id:key)` form) sent by every agent as
+    /// `Authorization: ApiKey <key>`, as agents configured for fleet-server do. Prefer the
+    /// environment variable: a flag shows in the process list.
+    #[arg(long, env = "OPAMPD_LOADTEST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Runtime threads. 1 (the default) runs every simulated agent on one thread, which costs
     /// the machine least per message (no cross-thread wakeups): the generator shares the box
     /// with the server and Elasticsearch in every benchmark. More only past ~10K msg/s.
@@ -92,6 +97,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let threads = usize::from(cli.threads);
     opampd_loadtest::run_main(threads, run(cli))
+}
+
+/// The `Authorization` value for `--api-key`, marked sensitive so no debug output shows it.
+fn api_key_header(key: &str) -> anyhow::Result<reqwest::header::HeaderValue> {
+    let key = key.trim();
+    if key.is_empty() {
+        bail!("--api-key is empty");
+    }
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("ApiKey {key}"))
+        .map_err(|_| anyhow::anyhow!("--api-key holds characters a header cannot carry"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn secs(name: &str, v: f64, min: f64) -> anyhow::Result<Duration> {
@@ -128,10 +145,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         bail!("--rate must be in (0, 10000000] msg/s, got {rate}");
     }
 
+    let auth = cli.api_key.as_deref().map(api_key_header).transpose()?;
     let transport = match cli.transport {
         TransportKind::Http => {
             let url = parse_loopback_url(&cli.target, &["http", "https"])?;
-            Transport::Http(HttpTransport::new(url, cli.connections, timeout)?)
+            Transport::Http(HttpTransport::new(url, cli.connections, timeout, auth.as_ref())?)
         }
         TransportKind::Ws => {
             let mut url = parse_loopback_url(&cli.target, &["http", "https", "ws", "wss"])?;
@@ -141,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             url.set_scheme(scheme)
                 .map_err(|()| anyhow::anyhow!("cannot use {scheme} for {url}"))?;
-            Transport::Ws(WsTransport::connect(url, cli.connections, timeout).await?)
+            Transport::Ws(WsTransport::connect(url, cli.connections, timeout, auth.as_ref()).await?)
         }
     };
 

@@ -76,8 +76,19 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(target: Url, connections: usize, timeout: Duration) -> anyhow::Result<Self> {
+    /// `auth`, when given, is sent as the `Authorization` header of every request.
+    pub fn new(
+        target: Url,
+        connections: usize,
+        timeout: Duration,
+        auth: Option<&reqwest::header::HeaderValue>,
+    ) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) = auth {
+            headers.insert(reqwest::header::AUTHORIZATION, value.clone());
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .pool_max_idle_per_host(connections)
             // Longer than any pause between messages on a busy pool; the server keeps 90 s.
             .pool_idle_timeout(Duration::from_secs(60))
@@ -149,18 +160,28 @@ pub struct WsTransport {
 }
 
 impl WsTransport {
+    /// `auth`, when given, is sent as the `Authorization` header of every upgrade request.
     pub async fn connect(
         target: Url,
         connections: usize,
         timeout: Duration,
+        auth: Option<&reqwest::header::HeaderValue>,
     ) -> anyhow::Result<Self> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
         let unsolicited = Arc::new(AtomicU64::new(0));
         let mut conns = Vec::with_capacity(connections);
         for _ in 0..connections {
-            let (ws, _) =
-                tokio::time::timeout(timeout, tokio_tungstenite::connect_async(target.as_str()))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("websocket connect to {target} timed out"))??;
+            let mut request = target.as_str().into_client_request()?;
+            if let Some(value) = auth {
+                let value = tokio_tungstenite::tungstenite::http::HeaderValue::from_bytes(
+                    value.as_bytes(),
+                )?;
+                request.headers_mut().insert("authorization", value);
+            }
+            let (ws, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(request))
+                .await
+                .map_err(|_| anyhow::anyhow!("websocket connect to {target} timed out"))??;
             let (mut sink, mut stream) = ws.split();
             // Bounded: a full queue makes senders wait, which is back-pressure, not growth.
             let (tx, mut rx) = mpsc::channel::<WsMessage>(1024);

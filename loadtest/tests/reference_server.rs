@@ -97,7 +97,8 @@ async fn run_against(behaviour: Behaviour) -> opampd_loadtest::report::Summary {
         }
     });
     let url = format!("http://{addr}/v1/opamp").parse().unwrap();
-    let transport = Transport::Http(HttpTransport::new(url, 8, Duration::from_secs(5)).unwrap());
+    let transport =
+        Transport::Http(HttpTransport::new(url, 8, Duration::from_secs(5), None).unwrap());
     let cfg = RunConfig {
         agents: 50,
         rate: 1000.0,
