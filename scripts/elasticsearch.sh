@@ -4,6 +4,7 @@
 #
 #   scripts/elasticsearch.sh start   # install if needed, start, wait for green; prints the URL
 #   scripts/elasticsearch.sh stop
+#   scripts/elasticsearch.sh resume  # start the stopped node again on its data (start wipes it)
 #   scripts/elasticsearch.sh url
 #   scripts/elasticsearch.sh install # download, verify and unpack only
 #
@@ -38,7 +39,7 @@ HOME_DIR=$CACHE/elasticsearch-$VERSION
 log() { echo "elasticsearch.sh: $*" >&2; }
 
 usage() {
-  echo "usage: $0 install|start|stop|url [--secure]" >&2
+  echo "usage: $0 install|start|stop|resume|url [--secure]" >&2
   echo "       $0 password --secure" >&2
   exit 64
 }
@@ -315,6 +316,13 @@ YML
       exit 1
     fi
   fi
+  launch "$started"
+}
+
+# Boots the node configured in $RUN_DIR and waits for it (start's last step, and resume's).
+launch() {
+  local started=$1 pid
+  cd "$RUN_DIR"
   log "starting on $URL (transport port $TRANSPORT_PORT)"
   # -d returns once the node has started, or has died while booting (with status 0 even then)
   if ! runuser -u "$ES_USER" -- env ES_PATH_CONF="$RUN_DIR/config" ES_JAVA_OPTS="" \
@@ -329,6 +337,28 @@ YML
     exit 1
   fi
   wait_healthy "$pid" "$started"
+}
+
+# Starts the node of an earlier `start` again with its data, config and indices as they were:
+# an Elasticsearch restart, for fault tests (`start` wipes the run dir for a clean node).
+resume() {
+  if healthy; then
+    echo "$URL"
+    return 0
+  fi
+  local pid started=$SECONDS
+  if pid=$(own_pid); then
+    log "the node from $RUN_DIR (pid $pid) is already running; waiting for it to become healthy"
+    wait_healthy "$pid" "$started"
+    return 0
+  fi
+  if [ ! -f "$RUN_DIR/config/elasticsearch.yml" ] || [ ! -d "$RUN_DIR/data" ]; then
+    log "no node to resume in $RUN_DIR (run: $0 start)"
+    exit 1
+  fi
+  check_port HTTP "$PORT" "$PORT_VAR"
+  check_port transport "$TRANSPORT_PORT" "$TRANSPORT_VAR"
+  launch "$started"
 }
 
 stop() {
@@ -363,6 +393,7 @@ case "$CMD" in
   install) install ;;
   start) start ;;
   stop) stop ;;
+  resume) resume ;;
   url) echo "$URL" ;;
   password) password ;;
   *) usage ;;

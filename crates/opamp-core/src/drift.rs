@@ -30,10 +30,13 @@ pub enum FullStateReason {
     Reconnect,
     /// `sequence_num` is not the stored one plus one: a lost, repeated or reordered message.
     SequenceGap,
+    /// The stored record was written by another server (fleet-server) and holds none of the
+    /// agent's reported state, and the message is not a full status report.
+    Adopted,
 }
 
 impl FullStateReason {
-    pub const ALL: [Self; 3] = [Self::NewAgent, Self::Reconnect, Self::SequenceGap];
+    pub const ALL: [Self; 4] = [Self::NewAgent, Self::Reconnect, Self::SequenceGap, Self::Adopted];
 
     /// The metrics `reason` label.
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl FullStateReason {
             Self::NewAgent => "new_agent",
             Self::Reconnect => "reconnect",
             Self::SequenceGap => "sequence_gap",
+            Self::Adopted => "adopted",
         }
     }
 }
@@ -53,6 +57,9 @@ pub fn full_state_reason(
 ) -> Option<FullStateReason> {
     let (asked, reason) = match stored {
         None => (!has_full_status(msg), FullStateReason::NewAgent),
+        // what another server stored is not the agent's state as opampd keeps it: like a new
+        // agent, a full report is enough and anything less must be completed
+        Some(s) if s.adopted => (!has_full_status(msg), FullStateReason::Adopted),
         Some(s) if s.status == AgentStatus::Disconnected && msg.sequence_num == 0 => {
             (!has_full_status(msg), FullStateReason::Reconnect)
         }

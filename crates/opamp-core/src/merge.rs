@@ -44,6 +44,7 @@ pub fn merge(
     };
     r.unenrolled = (msg.flags & agent_flags::REQUEST_INSTANCE_UID != 0)
         .then_some(Unenrolled { reason: UnenrollReason::Reenrolled, at: now });
+    r.adopted = false;
     r.instance_uid = uid;
     r.sequence_num = msg.sequence_num;
     r.capabilities = msg.capabilities;

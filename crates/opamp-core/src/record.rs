@@ -89,6 +89,10 @@ pub struct AgentRecord {
     pub enrollment: Option<Arc<Enrollment>>,
     /// Set when the agent left this record behind; cleared when it reports under it again.
     pub unenrolled: Option<Unenrolled>,
+    /// Read from a document another server wrote (fleet-server): the agent is known, but none
+    /// of its reported state is: its first message here is asked for the full state unless it
+    /// is one. Never stored: the first write makes the record opampd's own.
+    pub adopted: bool,
     pub agent_description: Option<Arc<v1::AgentDescription>>,
     pub health: Option<Arc<v1::ComponentHealth>>,
     /// As reported, but redacted: every file body is JSON text with its secrets replaced, or
@@ -113,6 +117,7 @@ impl AgentRecord {
             last_checkin: now,
             enrollment: None,
             unenrolled: None,
+            adopted: false,
             agent_description: None,
             health: None,
             effective_config: None,

@@ -13,11 +13,11 @@
 //!   booleans, and every scalar of a list (libs redacts only strings); a mapping under such a key
 //!   is walked, not dropped (`auth: {endpoint: ...}` stays readable);
 //! - in a mapping whose `name` names a secret (`{name: Authorization, value: ...}`), the `value`;
-//! - in any string: the user info of a URL (`https://user:pw@host` -> `REDACTED:REDACTED@`), and
-//!   a whole string holding a PEM private key.
+//! - in any string: the user info of every URL (`https://user:pw@host` ->
+//!   `REDACTED:REDACTED@`), and a whole string holding a PEM private key.
 //!
-//! Pure and bounded: no I/O, nesting, node count (aliases included) and size are capped, and no
-//! input can make it panic.
+//! Pure and bounded: no I/O; size, nesting, and node count and text with aliases expanded are
+//! capped, numbers are written no longer than they were read, and no input can make it panic.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -35,6 +35,9 @@ pub const MAX_CONFIG_FILE_BYTES: usize = 1 << 20;
 const MAX_DEPTH: usize = 64;
 /// Most nodes one body may produce, aliases expanded: a billion-laughs body stops here.
 const MAX_NODES: usize = 100_000;
+/// Most text (strings and mapping keys) one body may produce, aliases expanded. Without aliases
+/// the text is never longer than the body; a long string and many aliases to it stop here.
+const MAX_TEXT_BYTES: usize = MAX_CONFIG_FILE_BYTES;
 
 const SECRET_KEY_PARTS: [&str; 7] =
     ["auth", "certificate", "passphrase", "password", "token", "key", "secret"];
@@ -104,11 +107,16 @@ enum Node {
 }
 
 impl Node {
-    fn size(&self) -> usize {
+    /// What a copy of this value costs: its nodes and its text bytes (strings and keys).
+    fn weight(&self) -> (usize, usize) {
+        let add = |(n, b): (usize, usize), (n2, b2): (usize, usize)| (n + n2, b + b2);
         match self {
-            Self::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
-            Self::Map(entries) => 1 + entries.values().map(Node::size).sum::<usize>(),
-            _ => 1,
+            Self::Str(s) => (1, s.len()),
+            Self::Seq(items) => items.iter().map(Node::weight).fold((1, 0), add),
+            Self::Map(entries) => {
+                entries.iter().map(|(k, v)| add(v.weight(), (0, k.len()))).fold((1, 0), add)
+            }
+            _ => (1, 0),
         }
     }
 }
@@ -120,12 +128,14 @@ enum Frame {
 }
 
 /// Parses one YAML document into a [`Node`] without recursion, expanding aliases within
-/// [`MAX_NODES`]. `None` on a syntax error, a second document, a non-scalar key or a bound.
+/// [`MAX_NODES`] and [`MAX_TEXT_BYTES`]. `None` on a syntax error, a second document, a
+/// non-scalar key or a bound.
 fn parse(text: &str) -> Option<Node> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut nodes = 0usize;
+    let mut text_bytes = 0usize;
     let mut root: Option<Node> = None;
     loop {
         let (event, _) = parser.next_token().ok()?;
@@ -152,11 +162,19 @@ fn parse(text: &str) -> Option<Node> {
                 Frame::Map { anchor, entries, key: None } => (Node::Map(entries), anchor),
                 _ => return None,
             },
-            Event::Scalar(text, style, anchor, tag) => (scalar(text, style, tag.is_some()), anchor),
+            Event::Scalar(text, style, anchor, tag) => {
+                text_bytes += text.len();
+                (scalar(text, style, tag.is_some()), anchor)
+            }
             Event::Alias(id) => {
                 let target = anchors.get(&id)?;
-                nodes = nodes.checked_add(target.size())?;
-                if nodes > MAX_NODES || stack.len() + depth(target) > MAX_DEPTH {
+                let (target_nodes, target_bytes) = target.weight();
+                nodes = nodes.checked_add(target_nodes)?;
+                text_bytes = text_bytes.checked_add(target_bytes)?;
+                if nodes > MAX_NODES
+                    || text_bytes > MAX_TEXT_BYTES
+                    || stack.len() + depth(target) > MAX_DEPTH
+                {
                     return None;
                 }
                 (target.clone(), 0)
@@ -198,7 +216,7 @@ fn key_text(node: Node) -> Option<String> {
         Node::Null => "null".into(),
         Node::Bool(b) => b.to_string(),
         Node::Int(i) => i.to_string(),
-        Node::Float(f) => f.to_string(),
+        Node::Float(f) => shortest(f.to_string(), f),
         Node::Str(s) => s,
         Node::Seq(_) | Node::Map(_) => return None,
     })
@@ -256,19 +274,38 @@ fn redact_secret(value: &mut Node) {
     }
 }
 
-/// URL user info and PEM private keys, wherever they appear.
+/// URL user info and PEM private keys, wherever they appear: every URL of the string, not only
+/// the first (`endpoints: "http://a/ https://user:pw@b/"` is one string). One pass, copying:
+/// a body of many URLs costs its length, not its length per URL.
 fn redact_string(s: &mut String) {
     if s.contains("PRIVATE KEY-----") {
         *s = REDACTED.into();
         return;
     }
-    let Some(scheme_end) = s.find("://") else { return };
-    let authority_start = scheme_end + 3;
-    let authority_end =
-        s[authority_start..].find(['/', '?', '#']).map_or(s.len(), |i| authority_start + i);
-    if let Some(at) = s[authority_start..authority_end].rfind('@') {
-        s.replace_range(authority_start..authority_start + at, "REDACTED:REDACTED");
+    if !s.contains("://") {
+        return;
     }
+    let text = std::mem::take(s);
+    let mut out = String::with_capacity(text.len());
+    // text[..copied] is in `out`; a user info is replaced by skipping it
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = text[from..].find("://") {
+        let scheme_end = from + found;
+        let authority_start = scheme_end + 3;
+        let authority_end = text[authority_start..]
+            .find(['/', '?', '#'])
+            .map_or(text.len(), |i| authority_start + i);
+        if let Some(at) = text[authority_start..authority_end].rfind('@') {
+            out.push_str(&text[copied..authority_start]);
+            out.push_str("REDACTED:REDACTED");
+            copied = authority_start + at;
+        }
+        // the next "://" may start inside this authority (`a://b://u:p@h`)
+        from = scheme_end + 1;
+    }
+    out.push_str(&text[copied..]);
+    *s = out;
 }
 
 /// Writes `node` as compact JSON.
@@ -279,11 +316,11 @@ fn write_json(node: &Node, out: &mut String) {
         Node::Int(i) => out.push_str(&i.to_string()),
         // finite by construction; `{}` of a finite f64 is a valid JSON number
         Node::Float(f) => {
-            let text = f.to_string();
-            out.push_str(&text);
+            let mut text = f.to_string();
             if !text.contains(['.', 'e', 'E']) {
-                out.push_str(".0");
+                text.push_str(".0");
             }
+            out.push_str(&shortest(text, *f));
         }
         Node::Str(s) => write_json_string(s, out),
         Node::Seq(items) => {
@@ -309,6 +346,13 @@ fn write_json(node: &Node, out: &mut String) {
             out.push('}');
         }
     }
+}
+
+/// `plain` (`f` written out in full) or `f` with an exponent, whichever is shorter: `1e300` read
+/// must not come out as 301 digits. Both are JSON numbers that YAML reads back as `f`.
+fn shortest(plain: String, f: f64) -> String {
+    let exponent = format!("{f:e}");
+    if exponent.len() < plain.len() { exponent } else { plain }
 }
 
 fn write_json_string(s: &str, out: &mut String) {

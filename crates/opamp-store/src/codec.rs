@@ -217,6 +217,7 @@ pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
         last_checkin: stored.last_checkin,
         enrollment: stored.enrollment.map(|e| Arc::new(e.into_core())),
         unenrolled,
+        adopted: false,
         agent_description: stored.agent_description.map(Arc::new),
         health: stored.health.map(Arc::new),
         effective_config: effective_config.map(Arc::new),

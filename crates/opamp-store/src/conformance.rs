@@ -58,6 +58,77 @@ pub fn test_es_url() -> Option<url::Url> {
     }
 }
 
+/// A filesystem of its own, small enough to fill: a tmpfs of `size` (as `mount -o size=`
+/// spells it, e.g. `4m`) on a fresh directory, unmounted and removed when dropped. For the
+/// full-disk tests, which need a real filesystem that answers `ENOSPC` (no mock). Mounting needs
+/// root (or `CAP_SYS_ADMIN`): without it [`SmallDisk::mount`] skips with a loud line, and with
+/// `CI=true` it fails instead, as a missing Elasticsearch does.
+#[derive(Debug)]
+pub struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(size: &str) -> Option<Self> {
+        let path =
+            std::env::temp_dir().join(format!("opampd-small-disk-{}", InstanceUid::new_v7()));
+        std::fs::create_dir_all(&path).expect("create the mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(&path)
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Self { path }),
+            other => {
+                let _ = std::fs::remove_dir(&path);
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("the full-disk tests must mount a {size} tmpfs (run as root): {why}");
+                }
+                eprintln!(
+                    "SKIPPING full-disk test: cannot mount a {size} tmpfs (needs root): {why}"
+                );
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Fills what is left with a file (written until the filesystem refuses); returns its path.
+    pub fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("create the filler");
+        let chunk = vec![0xa5u8; 4096];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling the small disk: {e}"),
+            }
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount").arg(&self.path).status();
+        if !unmounted.is_ok_and(|s| s.success()) {
+            // still busy (a test failed with the store open): detach it, it goes when unused
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance case, each on a fresh fixture. The caller's
 /// crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 ///
@@ -157,6 +228,7 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
             reason: opamp_core::UnenrollReason::Reenrolled,
             at: 1_700_000_060_999,
         }),
+        adopted: false,
         agent_description: Some(Arc::new(v1::AgentDescription {
             identifying_attributes: vec![
                 kv("service.name", text("otelcol-contrib")),

@@ -6,11 +6,19 @@
 //! in a single redb write transaction and commits it once. Reads are redb read transactions on
 //! the blocking pool, so neither path blocks the async runtime on disk I/O. Not for sharing
 //! between processes: redb locks the file for one writer.
+//!
+//! A failed disk write (a full disk above all) fails the batch as [`StoreError::Unavailable`]
+//! and nothing of it is applied: redb commits all or nothing, and the last commit stays intact.
+//! redb then refuses every operation until the database is reopened, so the writer takes it out
+//! of service (reads and writes answer `Unavailable` at once) and reopens it (redb repairs the
+//! file from its last commit), retrying until that works: service resumes by itself once the
+//! disk has room again.
 
+use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -33,6 +41,10 @@ const PRIMARY_TERM: u64 = 1;
 
 /// File name inside the store directory.
 const FILE_NAME: &str = "agents.redb";
+
+/// How often the writer tries to reopen the database after a disk error, at first and at most.
+const REOPEN_FIRST: Duration = Duration::from_millis(50);
+const REOPEN_MAX: Duration = Duration::from_secs(2);
 
 /// Tuning of [`EmbeddedStore`].
 #[derive(Debug, Clone)]
@@ -63,11 +75,49 @@ impl Default for EmbeddedConfig {
 /// Agent records in a redb file, see the [module docs](self).
 #[derive(Debug)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Slot,
     queue: mpsc::Sender<Op>,
     writer: JoinHandle<()>,
     commits: Arc<AtomicU64>,
     path: PathBuf,
+}
+
+/// The open database, shared by the readers and the writer; empty while the writer reopens it
+/// after a disk error. Held only to clone or swap the handle, never across an `.await`.
+#[derive(Debug, Clone, Default)]
+struct Slot(Arc<RwLock<Option<Arc<Database>>>>);
+
+impl Slot {
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or_else(reopening)
+    }
+
+    fn set(&self, db: Option<Arc<Database>>) -> Option<Arc<Database>> {
+        std::mem::replace(&mut *self.0.write().unwrap_or_else(PoisonError::into_inner), db)
+    }
+}
+
+/// What the writer needs to open the database again.
+#[derive(Debug, Clone)]
+struct Opener {
+    path: PathBuf,
+    cache_size: usize,
+}
+
+impl Opener {
+    /// Opens (or creates) the file and its table. Blocking: run it on the blocking pool.
+    fn open(&self) -> Result<Database, StoreError> {
+        let path = &self.path;
+        let db = Database::builder()
+            .set_cache_size(self.cache_size)
+            .create(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        // Create the table up front so readers never see "no such table".
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(AGENTS).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(db)
+    }
 }
 
 /// One queued write, answered only after the batch holding it is committed.
@@ -102,29 +152,23 @@ impl EmbeddedStore {
         }
         let dir = dir.as_ref().to_path_buf();
         let path = dir.join(FILE_NAME);
-        let open_path = path.clone();
-        let cache = config.cache_size_bytes;
+        let opener = Opener { path: path.clone(), cache_size: config.cache_size_bytes };
+        let first = opener.clone();
         // Opening may repair a file after a crash: disk work, off the runtime.
-        let db = tokio::task::spawn_blocking(move || -> Result<Database, StoreError> {
+        let opened = tokio::task::spawn_blocking(move || -> Result<Database, StoreError> {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
-            let db = Database::builder().set_cache_size(cache).create(&open_path).map_err(|e| {
-                StoreError::Unavailable(format!("cannot open {}: {e}", open_path.display()))
-            })?;
-            // Create the table up front so readers never see "no such table".
-            let txn = db.begin_write().map_err(backend)?;
-            txn.open_table(AGENTS).map_err(backend)?;
-            txn.commit().map_err(backend)?;
-            Ok(db)
+            first.open()
         })
         .await
         .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))??;
 
-        let db = Arc::new(db);
+        let db = Slot::default();
+        db.set(Some(Arc::new(opened)));
         let (queue, rx) = mpsc::channel(config.queue_capacity);
         let commits = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(writer_loop(db.clone(), rx, config, commits.clone()));
+        let writer = tokio::spawn(writer_loop(db.clone(), opener, rx, config, commits.clone()));
         m::register_embedded();
         tracing::info!(path = %path.display(), "embedded store open");
         Ok(Self { db, queue, writer, commits, path })
@@ -141,7 +185,7 @@ impl EmbeddedStore {
         let Self { db, queue, writer, path, .. } = self;
         drop(queue);
         writer.await.map_err(|e| StoreError::Backend(format!("writer task failed: {e}")))?;
-        drop(db);
+        drop(db.set(None));
         tracing::info!(path = %path.display(), "embedded store closed");
         Ok(())
     }
@@ -151,10 +195,10 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&redb::ReadOnlyTable<[u8; 16], &[u8]>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
+        let db = self.db.get()?;
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(backend)?;
-            let table = txn.open_table(AGENTS).map_err(backend)?;
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(AGENTS).map_err(storage)?;
             f(&table)
         })
         .await
@@ -162,8 +206,30 @@ impl EmbeddedStore {
     }
 }
 
-fn backend(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Backend(e.into().to_string())
+/// redb's errors, classified once. A failed disk operation (a full disk above all), and redb's
+/// refusal to go on after one until it is reopened, pass: `Unavailable`, and the writer reopens
+/// the database. Anything else is a fault of the store.
+fn storage(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Io(io) if disk_full(&io) => {
+            StoreError::Unavailable(format!("disk full: {io}"))
+        }
+        redb::Error::Io(io) => StoreError::Unavailable(format!("disk i/o failed: {io}")),
+        redb::Error::PreviousIo | redb::Error::DatabaseClosed => reopening(),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// No space left on the device, a quota, or a file size limit: the disk cannot take the write.
+fn disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge
+    )
+}
+
+fn reopening() -> StoreError {
+    StoreError::Unavailable("embedded store is reopening after a disk error".into())
 }
 
 /// Splits a stored value into its `seq_no` and record bytes.
@@ -193,7 +259,7 @@ fn versioned(value: &[u8]) -> Result<Versioned, StoreError> {
 impl AgentStore for EmbeddedStore {
     async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
         let key = *uid.as_bytes();
-        self.read(move |table| match table.get(key).map_err(backend)? {
+        self.read(move |table| match table.get(key).map_err(storage)? {
             Some(value) => versioned(value.value()).map(Some),
             None => Ok(None),
         })
@@ -255,8 +321,8 @@ impl AgentStore for EmbeddedStore {
         };
         self.read(move |table| {
             let mut records = Vec::with_capacity(limit.min(1024));
-            for entry in table.range::<[u8; 16]>((lower, Bound::Unbounded)).map_err(backend)? {
-                let (_, value) = entry.map_err(backend)?;
+            for entry in table.range::<[u8; 16]>((lower, Bound::Unbounded)).map_err(storage)? {
+                let (_, value) = entry.map_err(storage)?;
                 records.push(versioned(value.value())?.record);
                 if records.len() == limit {
                     break;
@@ -269,9 +335,11 @@ impl AgentStore for EmbeddedStore {
 }
 
 /// The one writer: gathers a batch, applies it in one transaction, commits once, answers each
-/// caller. Ends when every sender is gone, after committing what was queued.
+/// caller; after a disk error, reopens the database before the next batch. Ends when every
+/// sender is gone, after committing what was queued.
 async fn writer_loop(
-    db: Arc<Database>,
+    db: Slot,
+    opener: Opener,
     mut rx: mpsc::Receiver<Op>,
     config: EmbeddedConfig,
     commits: Arc<AtomicU64>,
@@ -283,20 +351,28 @@ async fn writer_loop(
         gather(&mut rx, &mut batch, &config).await;
 
         let ops = std::mem::take(&mut batch);
-        let db = db.clone();
         let started = Instant::now();
-        // A commit is an fsync: blocking pool. The next batch queues up meanwhile.
-        let outcome = tokio::task::spawn_blocking(move || commit_batch(&db, ops)).await;
+        let outcome = match db.get() {
+            // A commit is an fsync: blocking pool. The next batch queues up meanwhile.
+            Ok(current) => tokio::task::spawn_blocking(move || commit_batch(&current, ops)).await,
+            // not reached: only this task empties the slot, and refills it before going on
+            Err(err) => Ok(refuse_all(ops, &err)),
+        };
+        let mut disk_failed = false;
         match outcome {
             Ok((answers, committed)) => {
-                if let Ok(size) = committed {
-                    commits.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(m::STORE_COMMITS_TOTAL, "backend" => m::EMBEDDED)
-                        .increment(1);
-                    metrics::histogram!(m::STORE_BATCH_SIZE, "backend" => m::EMBEDDED)
-                        .record(size as f64);
-                    metrics::histogram!(m::STORE_COMMIT_SECONDS, "backend" => m::EMBEDDED)
-                        .record(started.elapsed().as_secs_f64());
+                match committed {
+                    Ok(size) => {
+                        commits.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!(m::STORE_COMMITS_TOTAL, "backend" => m::EMBEDDED)
+                            .increment(1);
+                        metrics::histogram!(m::STORE_BATCH_SIZE, "backend" => m::EMBEDDED)
+                            .record(size as f64);
+                        metrics::histogram!(m::STORE_COMMIT_SECONDS, "backend" => m::EMBEDDED)
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    Err(StoreError::Unavailable(_)) => disk_failed = true,
+                    Err(_) => {}
                 }
                 for answer in answers {
                     answer.send();
@@ -306,9 +382,89 @@ async fn writer_loop(
             // their reply channel closed and get Unavailable.
             Err(e) => tracing::error!(error = %e, "embedded store commit task failed"),
         }
+        if disk_failed && !reopen(&db, &opener, &mut rx).await {
+            break;
+        }
         batch = Vec::with_capacity(config.max_batch);
     }
     tracing::debug!("embedded store writer stopped");
+}
+
+/// After a failed disk write redb refuses everything until the database is reopened: takes it
+/// out of service (readers get `Unavailable` at once), waits for the readers still holding it,
+/// and opens it again (redb repairs the file from its last commit), retrying with a growing
+/// pause until that works. Writes arriving meanwhile are answered `Unavailable` at once rather
+/// than queued. False when every store handle is gone before the database could be reopened.
+async fn reopen(db: &Slot, opener: &Opener, rx: &mut mpsc::Receiver<Op>) -> bool {
+    let mut old = db.set(None);
+    let mut pause = REOPEN_FIRST;
+    let mut attempts: u32 = 0;
+    loop {
+        // the file stays locked while any handle on the failed database lives
+        if let Some(held) = old.take() {
+            match Arc::try_unwrap(held) {
+                Ok(closing) => {
+                    let _ = tokio::task::spawn_blocking(move || drop(closing)).await;
+                }
+                Err(held) => old = Some(held),
+            }
+        }
+        if old.is_none() {
+            attempts += 1;
+            let attempt = opener.clone();
+            match tokio::task::spawn_blocking(move || attempt.open()).await {
+                Ok(Ok(reopened)) => {
+                    db.set(Some(Arc::new(reopened)));
+                    let path = opener.path.display();
+                    tracing::info!(
+                        path = %path, attempts,
+                        "embedded store reopened after a disk error"
+                    );
+                    return true;
+                }
+                Ok(Err(err)) if attempts == 1 || attempts.is_power_of_two() => {
+                    let path = opener.path.display();
+                    tracing::warn!(
+                        path = %path, attempts, error = %err,
+                        "embedded store cannot reopen yet"
+                    );
+                }
+                Ok(Err(_)) => {}
+                Err(e) => tracing::error!(error = %e, "embedded store reopen task failed"),
+            }
+        }
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                op = rx.recv() => match op {
+                    Some(op) => refuse(op, &reopening()),
+                    None => return false,
+                },
+                () = tokio::time::sleep_until(until) => break,
+            }
+        }
+        pause = (pause * 2).min(REOPEN_MAX);
+    }
+}
+
+/// Answers an op that cannot be applied now. A flush has nothing left to wait for: every write
+/// before it was answered.
+fn refuse(op: Op, err: &StoreError) {
+    match op {
+        Op::Put { reply, .. } => drop(reply.send(Err(err.clone()))),
+        Op::Flush { reply } => drop(reply.send(Ok(()))),
+    }
+}
+
+fn refuse_all(ops: Vec<Op>, err: &StoreError) -> (Vec<Answer>, Result<usize, StoreError>) {
+    let answers = ops
+        .into_iter()
+        .map(|op| match op {
+            Op::Put { reply, .. } => Answer::Put(reply, Err(err.clone())),
+            Op::Flush { reply } => Answer::Flush(reply, Ok(())),
+        })
+        .collect();
+    (answers, Err(err.clone()))
 }
 
 /// Adds queued ops to `batch` until it is full or `max_batch_wait` has passed since it started.
@@ -361,18 +517,19 @@ impl Answer {
 fn commit_batch(db: &Database, ops: Vec<Op>) -> (Vec<Answer>, Result<usize, StoreError>) {
     let mut answers = Vec::with_capacity(ops.len());
     let mut writes = 0;
+    let mut pending = ops.into_iter();
     let result = (|| -> Result<(), StoreError> {
-        let mut txn = db.begin_write().map_err(backend)?;
+        let mut txn = db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         {
-            let mut table = txn.open_table(AGENTS).map_err(backend)?;
-            for op in ops {
+            let mut table = txn.open_table(AGENTS).map_err(storage)?;
+            for op in pending.by_ref() {
                 match op {
                     Op::Put { uid, bytes, precondition, reply } => {
                         let current = table
                             .get(uid)
-                            .map_err(backend)?
+                            .map_err(storage)?
                             .map(|value| split_value(value.value()).map(|(seq, _)| seq));
                         let outcome = match (precondition, current) {
                             (_, Some(Err(corrupt))) => Err(corrupt),
@@ -388,7 +545,7 @@ fn commit_batch(db: &Database, ops: Vec<Op>) -> (Vec<Answer>, Result<usize, Stor
                             Ok(seq_no) => {
                                 table
                                     .insert(uid, join_value(seq_no, &bytes).as_slice())
-                                    .map_err(backend)?;
+                                    .map_err(storage)?;
                                 writes += 1;
                                 Ok(Version { seq_no, primary_term: PRIMARY_TERM })
                             }
@@ -406,15 +563,20 @@ fn commit_batch(db: &Database, ops: Vec<Op>) -> (Vec<Answer>, Result<usize, Stor
                 }
             }
         }
-        txn.commit().map_err(backend)
+        txn.commit().map_err(storage)
     })();
     match result {
         Ok(()) => (answers, Ok(writes)),
         Err(err) => {
-            tracing::error!(error = %err, "embedded store commit failed");
-            // Ops not yet turned into answers when the error hit were dropped with the closure;
-            // their callers see a closed reply channel (Unavailable).
-            (answers.into_iter().map(|a| a.fail(&err)).collect(), Err(err))
+            // redb commits all or nothing: the batch is lost, the last commit is intact
+            tracing::error!(
+                error = %err,
+                batch = answers.len() + pending.len(),
+                "embedded store commit failed, none of the batch's writes applied"
+            );
+            let (rest, _) = refuse_all(pending.collect(), &err);
+            let failed = answers.into_iter().map(|a| a.fail(&err)).chain(rest).collect();
+            (failed, Err(err))
         }
     }
 }

@@ -20,6 +20,8 @@ pub mod elasticsearch;
 pub mod embedded;
 pub mod metrics;
 mod secret;
+#[cfg(any(test, feature = "conformance"))]
+pub mod secured_cluster;
 
 pub use secret::Secret;
 

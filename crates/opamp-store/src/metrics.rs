@@ -26,11 +26,17 @@ pub const ES_MGET_REQUESTS_TOTAL: &str = "opampd_es_mget_requests_total";
 pub const ES_MGET_SIZE: &str = "opampd_es_mget_size";
 pub const ES_READ_DURATION_SECONDS: &str = "opampd_es_read_duration_seconds";
 pub const ES_SHED_TOTAL: &str = "opampd_es_shed_total";
+pub const ES_WRITES_BLOCKED_TOTAL: &str = "opampd_es_writes_blocked_total";
+pub const ES_AUTH_REQUESTS_TOTAL: &str = "opampd_es_auth_requests_total";
 
 /// The `backend` label of the `opampd_store_*` series.
 pub const EMBEDDED: &str = "embedded";
 /// The `op` label values of [`ES_SHED_TOTAL`].
 pub const ES_SHED_OPS: [&str; 2] = ["get", "put"];
+/// The `call` label values of [`ES_AUTH_REQUESTS_TOTAL`].
+pub const ES_AUTH_AUTHENTICATE: &str = "authenticate";
+pub const ES_AUTH_ENROLLMENT_LOOKUP: &str = "enrollment_lookup";
+pub const ES_AUTH_CALLS: [&str; 2] = [ES_AUTH_AUTHENTICATE, ES_AUTH_ENROLLMENT_LOOKUP];
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +81,16 @@ pub const ALL: &[Metric] = &[
     histogram(ES_MGET_SIZE, None, "ids per _mget request"),
     histogram(ES_READ_DURATION_SECONDS, Some(Unit::Seconds), "time of one GET or _mget"),
     counter(ES_SHED_TOTAL, "reads and writes refused because a queue was full, by op"),
+    counter(
+        ES_WRITES_BLOCKED_TOTAL,
+        "write items refused by an index block (read-only, e.g. the flood-stage disk watermark)",
+    ),
+    counter(
+        ES_AUTH_REQUESTS_TOTAL,
+        "elasticsearch requests made to check agent keys, by call (authenticate: \
+         _security/_authenticate, enrollment_lookup: enrollment index search); cached verdicts \
+         cost none",
+    ),
 ];
 
 /// Gives every metric of `metrics` its help text (and unit) in the installed recorder. Call
@@ -138,11 +154,20 @@ pub(crate) fn register_elasticsearch() {
     let es: Vec<&str> = ALL
         .iter()
         .map(|m| m.name)
-        .filter(|n| n.starts_with("opampd_es_") && *n != ES_SHED_TOTAL)
+        .filter(|n| {
+            n.starts_with("opampd_es_") && ![ES_SHED_TOTAL, ES_AUTH_REQUESTS_TOTAL].contains(n)
+        })
         .collect();
     register_named(&es, &[]);
     for op in ES_SHED_OPS {
         register_named(&[ES_SHED_TOTAL], &[("op", op)]);
+    }
+}
+
+/// Agent authentication's series (`elasticsearch::enrollment`).
+pub(crate) fn register_auth() {
+    for call in ES_AUTH_CALLS {
+        register_named(&[ES_AUTH_REQUESTS_TOTAL], &[("call", call)]);
     }
 }
 

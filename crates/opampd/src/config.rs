@@ -12,7 +12,8 @@ use opamp_core::DEFAULT_OFFLINE_AFTER_MS;
 use opamp_store::Secret;
 use opamp_store::cache::CacheConfig;
 use opamp_store::elasticsearch::config as es;
-use opamp_store::elasticsearch::{EsAuth, EsConfig};
+use opamp_store::elasticsearch::enrollment::AuthCacheConfig;
+use opamp_store::elasticsearch::{CaCert, EsAuth, EsConfig};
 use url::Url;
 
 /// The exit code for a bad configuration (`EX_USAGE` from sysexits.h).
@@ -39,6 +40,20 @@ pub struct Cli {
     /// Address of the admin listener (/healthz, /readyz, /metrics, /api).
     #[arg(long, env = "OPAMPD_ADMIN_LISTEN", default_value = "127.0.0.1:4321")]
     pub admin_listen: SocketAddr,
+
+    /// PEM certificate chain (leaf first) served on the OpAMP listener, which then speaks TLS
+    /// only; needs --tls-key. Re-read on SIGHUP and when the file changes.
+    #[arg(long, env = "OPAMPD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, env = "OPAMPD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that agents' client certificates must chain to (mutual TLS: a
+    /// client without one fails the handshake); needs --tls-cert and --tls-key.
+    #[arg(long, env = "OPAMPD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Agent store backend.
     #[arg(long, env = "OPAMPD_STORE", value_enum, default_value = "embedded")]
@@ -76,6 +91,37 @@ pub struct Cli {
     /// Elasticsearch password for basic authentication.
     #[arg(long, env = "OPAMPD_ES_PASSWORD", hide_env_values = true)]
     pub es_password: Option<Secret>,
+
+    /// Elasticsearch service account token, sent as `Authorization: Bearer`: fleet-server's
+    /// (of `elastic/fleet-server`) may use the `.fleet-*` system indices, which a superuser may
+    /// not (prefer the environment variable or --es-service-token-file).
+    #[arg(long, env = "OPAMPD_ES_SERVICE_TOKEN", hide_env_values = true)]
+    pub es_service_token: Option<Secret>,
+
+    /// File holding the Elasticsearch service account token.
+    #[arg(long, env = "OPAMPD_ES_SERVICE_TOKEN_FILE")]
+    pub es_service_token_file: Option<PathBuf>,
+
+    /// PEM file of the CA certificate(s) Elasticsearch's certificate chains to (https), trusted
+    /// besides the built-in roots. Certificates and host names are always verified.
+    #[arg(long, env = "OPAMPD_ES_CA_CERT")]
+    pub es_ca_cert: Option<PathBuf>,
+
+    /// Elasticsearch index of fleet's enrollment API keys (read by --auth elasticsearch).
+    #[arg(long, env = "OPAMPD_ES_ENROLLMENT_INDEX", default_value = es::DEFAULT_ENROLLMENT_INDEX)]
+    pub es_enrollment_index: String,
+
+    /// Agent authentication: `elasticsearch` (the agent's `Authorization: ApiKey` must be an
+    /// active enrollment key; the default with --store elasticsearch) or `none` (the default,
+    /// and the only choice, with the embedded store).
+    #[arg(long, env = "OPAMPD_AUTH", value_enum)]
+    pub auth: Option<AuthKind>,
+
+    /// How long an accepted agent key is trusted before Elasticsearch is asked again, e.g.
+    /// 60s: a revoked or deactivated key is refused within it. Refusals are remembered for
+    /// this long but at most 5s; outages are not remembered.
+    #[arg(long, env = "OPAMPD_AUTH_CACHE_TTL", default_value_t = Wait(AuthCacheConfig::DEFAULT.ttl))]
+    pub auth_cache_ttl: Wait,
 
     /// Group commit: most writes in one Elasticsearch `_bulk` request.
     #[arg(long, env = "OPAMPD_ES_BULK_MAX_ITEMS", default_value_t = es::DEFAULT_BULK_MAX_ITEMS)]
@@ -163,8 +209,29 @@ impl fmt::Debug for Cli {
             .field("es_url", &self.es_url)
             .field("es_api_key", &self.es_api_key)
             .field("es_password", &self.es_password)
+            .field("es_service_token", &self.es_service_token)
+            .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
+}
+
+/// `--auth`: who may talk OpAMP to this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthKind {
+    /// Agents present an enrollment API key, checked against Elasticsearch.
+    Elasticsearch,
+    /// Anyone who can reach the listener.
+    None,
+}
+
+/// Agent authentication, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// No check (`--auth none`).
+    None,
+    /// Enrollment API keys checked against the store's Elasticsearch (the enrollment index is
+    /// in its settings), verdicts cached as `cache` says.
+    Elasticsearch { cache: AuthCacheConfig },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,6 +297,14 @@ impl fmt::Display for Size {
     }
 }
 
+/// The files of TLS on the OpAMP listener; `tls::ServerTls::load` reads and checks them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Which backend to open, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
@@ -249,7 +324,11 @@ pub enum StoreConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// TLS on the OpAMP listener (the admin listener stays plain HTTP).
+    pub tls: Option<TlsFiles>,
     pub store: StoreConfig,
+    /// Agent authentication on the OpAMP route.
+    pub auth: AuthConfig,
     pub max_message_bytes: usize,
     pub max_in_flight: usize,
     pub offline_after: Duration,
@@ -342,10 +421,13 @@ impl Cli {
                 cache: CacheConfig { ttl: self.cache_ttl.0, max_bytes: self.cache_max_bytes.0 },
             },
         };
+        let auth = self.auth_config()?;
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            tls: self.tls_files()?,
             store,
+            auth,
             max_message_bytes,
             max_in_flight: self.max_in_flight,
             offline_after: self.offline_after.0,
@@ -358,6 +440,46 @@ impl Cli {
         })
     }
 
+    /// The `--tls-*` files: certificate and key both or neither. Their content is checked by
+    /// `tls::ServerTls::load`, which `main` calls before binding.
+    fn tls_files(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (Some(_), None) => Err(invalid("--tls-cert needs --tls-key")),
+            (None, Some(_)) => Err(invalid("--tls-key needs --tls-cert")),
+            (None, None) if self.tls_client_ca.is_some() => {
+                Err(invalid("--tls-client-ca needs --tls-cert and --tls-key"))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// `--auth`, defaulting by store: Elasticsearch authenticates agents, the embedded store
+    /// cannot (it has no keys to check against).
+    fn auth_config(&self) -> Result<AuthConfig, ConfigError> {
+        if self.auth_cache_ttl.0.is_zero() {
+            return Err(invalid("--auth-cache-ttl must be positive"));
+        }
+        let kind = self.auth.unwrap_or(match self.store {
+            StoreKind::Elasticsearch => AuthKind::Elasticsearch,
+            StoreKind::Embedded => AuthKind::None,
+        });
+        match (kind, self.store) {
+            (AuthKind::None, _) => Ok(AuthConfig::None),
+            (AuthKind::Elasticsearch, StoreKind::Elasticsearch) => Ok(AuthConfig::Elasticsearch {
+                cache: AuthCacheConfig { ttl: self.auth_cache_ttl.0, ..AuthCacheConfig::DEFAULT },
+            }),
+            (AuthKind::Elasticsearch, StoreKind::Embedded) => Err(invalid(
+                "--auth elasticsearch needs --store elasticsearch (the embedded store has no \
+                 enrollment keys); use --auth none",
+            )),
+        }
+    }
+
     /// Builds the store's settings from the `--es-*` flags and validates them with the
     /// store's own rules, naming the flag of a rejected value.
     fn es_config(&self) -> Result<EsConfig, ConfigError> {
@@ -368,7 +490,15 @@ impl Cli {
         let url = Url::parse(raw).map_err(|e| invalid(format!("--es-url: {e}")))?;
         let mut es = EsConfig::new(url);
         es.index.clone_from(&self.es_index);
+        es.enrollment_index.clone_from(&self.es_enrollment_index);
         es.auth = self.es_auth()?;
+        if let Some(path) = &self.es_ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| invalid(format!("--es-ca-cert {}: {e}", path.display())))?;
+            let ca = CaCert::from_pem(pem)
+                .map_err(|e| invalid(format!("--es-ca-cert {}: {e}", path.display())))?;
+            es.ca_cert = Some(ca);
+        }
         es.bulk_max_items = self.es_bulk_max_items;
         es.bulk_max_wait = self.es_bulk_max_wait.0;
         es.bulks_in_flight = self.es_bulks_in_flight;
@@ -379,20 +509,30 @@ impl Cli {
         Ok(es)
     }
 
+    /// One kind of credentials: a service token, an api key, or a username and password.
     fn es_auth(&self) -> Result<EsAuth, ConfigError> {
-        let file_key = match &self.es_api_key_file {
-            Some(path) => Some(read_secret_file("--es-api-key-file", path)?),
-            None => None,
-        };
-        if self.es_api_key.is_some() && file_key.is_some() {
-            return Err(invalid("give only one of --es-api-key and --es-api-key-file"));
+        let api_key = secret_flag(
+            ("--es-api-key", &self.es_api_key),
+            ("--es-api-key-file", &self.es_api_key_file),
+        )?;
+        let token = secret_flag(
+            ("--es-service-token", &self.es_service_token),
+            ("--es-service-token-file", &self.es_service_token_file),
+        )?;
+        let basic = self.es_username.is_some() || self.es_password.is_some();
+        if [api_key.is_some(), token.is_some(), basic].into_iter().filter(|given| *given).count()
+            > 1
+        {
+            return Err(invalid(
+                "give one kind of elasticsearch credentials: a service token, an api key, or a \
+                 username and password",
+            ));
         }
-        let api_key = self.es_api_key.clone().or(file_key);
+        if let Some(token) = token {
+            return Ok(EsAuth::ServiceToken(token));
+        }
         match (api_key, &self.es_username, &self.es_password) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                Err(invalid("give either an api key or a username and password, not both"))
-            }
-            (Some(key), None, None) => Ok(EsAuth::ApiKey(key)),
+            (Some(key), _, _) => Ok(EsAuth::ApiKey(key)),
             (None, Some(username), Some(password)) => {
                 Ok(EsAuth::Basic { username: username.clone(), password: password.clone() })
             }
@@ -400,6 +540,19 @@ impl Cli {
             (None, None, Some(_)) => Err(invalid("--es-password needs --es-username")),
             (None, None, None) => Ok(EsAuth::None),
         }
+    }
+}
+
+/// A credential given by value or by file, not both.
+fn secret_flag(
+    (flag, value): (&str, &Option<Secret>),
+    (file_flag, file): (&str, &Option<PathBuf>),
+) -> Result<Option<Secret>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(invalid(format!("give only one of {flag} and {file_flag}"))),
+        (Some(value), None) => Ok(Some(value.clone())),
+        (None, Some(path)) => read_secret_file(file_flag, path).map(Some),
+        (None, None) => Ok(None),
     }
 }
 
@@ -554,6 +707,18 @@ mod tests {
     }
 
     #[test]
+    fn tls_needs_both_certificate_and_key() {
+        assert_eq!(config(&[]).unwrap().tls, None);
+        let c = config(&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem"]);
+        let files = c.unwrap().tls.expect("tls on");
+        assert_eq!((files.cert, files.key), ("c.pem".into(), "k.pem".into()));
+        assert_eq!(files.client_ca, Some("ca.pem".into()));
+        assert!(rejected(&["--tls-cert", "c.pem"]).contains("--tls-key"));
+        assert!(rejected(&["--tls-key", "k.pem"]).contains("--tls-cert"));
+        assert!(rejected(&["--tls-client-ca", "ca.pem"]).contains("--tls-client-ca"));
+    }
+
+    #[test]
     fn unparsable_flags_are_clap_errors() {
         assert!(Cli::try_parse_from(["opampd", "--listen", "nope"]).is_err());
         assert!(Cli::try_parse_from(["opampd", "--store", "postgres"]).is_err());
@@ -644,6 +809,72 @@ mod tests {
         let c = with(&["--es-api-key-file", key.to_str().unwrap()]).unwrap();
         let StoreConfig::Elasticsearch { es: e, .. } = c.store else { panic!("expected es") };
         assert_eq!(e.auth, EsAuth::ApiKey(Secret::new("filekey")));
+    }
+
+    const ES: [&str; 4] = ["--store", "elasticsearch", "--es-url", "https://es:9200"];
+
+    fn es_with(extra: &[&str]) -> Result<Config, ConfigError> {
+        config(&[&ES[..], extra].concat())
+    }
+
+    fn es_settings(c: Config) -> EsConfig {
+        let StoreConfig::Elasticsearch { es, .. } = c.store else { panic!("expected es") };
+        *es
+    }
+
+    #[test]
+    fn service_tokens_resolve_and_exclude_other_credentials() {
+        let c = es_with(&["--es-service-token", "t0ken"]).unwrap();
+        assert_eq!(es_settings(c).auth, EsAuth::ServiceToken(Secret::new("t0ken")));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "filet0ken\n").unwrap();
+        let c = es_with(&["--es-service-token-file", file.to_str().unwrap()]).unwrap();
+        assert_eq!(es_settings(c).auth, EsAuth::ServiceToken(Secret::new("filet0ken")));
+        for conflict in [
+            &["--es-service-token", "t", "--es-service-token-file", file.to_str().unwrap()][..],
+            &["--es-service-token", "t", "--es-api-key", "k"][..],
+            &["--es-service-token", "t", "--es-username", "u", "--es-password", "p"][..],
+            &["--es-service-token-file", file.to_str().unwrap(), "--es-api-key", "k"][..],
+        ] {
+            assert!(es_with(conflict).is_err(), "{conflict:?}");
+        }
+        let why = es_with(&["--es-service-token-file", "/nonexistent/token"]).unwrap_err().0;
+        assert!(why.contains("--es-service-token-file"), "{why}");
+        assert!(es_with(&["--es-service-token", ""]).unwrap_err().0.contains("--es-service-token"));
+    }
+
+    #[test]
+    fn es_ca_cert_must_be_a_readable_pem_certificate() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../opamp-store/tests/fixtures/es-ca.pem");
+        let es = es_settings(es_with(&["--es-ca-cert", ca]).unwrap());
+        assert!(es.ca_cert.is_some());
+        assert!(es_settings(es_with(&[]).unwrap()).ca_cert.is_none(), "verification by web roots");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n")
+            .unwrap();
+        for path in [bad.to_str().unwrap(), "/nonexistent/ca.pem"] {
+            let why = es_with(&["--es-ca-cert", path]).unwrap_err().0;
+            assert!(why.contains("--es-ca-cert"), "{why}");
+        }
+    }
+
+    #[test]
+    fn auth_defaults_by_store_and_needs_elasticsearch() {
+        assert_eq!(config(&[]).unwrap().auth, AuthConfig::None);
+        let c = es_with(&[]).unwrap();
+        assert_eq!(c.auth, AuthConfig::Elasticsearch { cache: AuthCacheConfig::DEFAULT });
+        assert_eq!(es_settings(c).enrollment_index, ".fleet-enrollment-api-keys");
+        assert_eq!(es_with(&["--auth", "none"]).unwrap().auth, AuthConfig::None);
+        let c = es_with(&["--auth-cache-ttl", "1s", "--es-enrollment-index", "keys"]).unwrap();
+        let AuthConfig::Elasticsearch { cache } = c.auth else { panic!("auth on") };
+        assert_eq!(cache.ttl, Duration::from_secs(1));
+        assert_eq!(es_settings(c).enrollment_index, "keys");
+        assert!(rejected(&["--auth", "elasticsearch"]).contains("--auth"));
+        assert!(es_with(&["--auth-cache-ttl", "0s"]).unwrap_err().0.contains("--auth-cache-ttl"));
+        let why = es_with(&["--es-enrollment-index", "Bad"]).unwrap_err().0;
+        assert!(why.contains("--es-enrollment-index"), "{why}");
     }
 
     #[test]

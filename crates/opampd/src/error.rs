@@ -209,6 +209,18 @@ impl From<opamp_store::StoreError> for RequestError {
     }
 }
 
+impl From<opamp_store::elasticsearch::enrollment::AuthError> for RequestError {
+    fn from(err: opamp_store::elasticsearch::enrollment::AuthError) -> Self {
+        use opamp_store::elasticsearch::enrollment::AuthError as E;
+        match err {
+            E::Refused(refusal) => Self::Unauthorized(refusal.as_str()),
+            E::RateLimited => Self::RateLimited,
+            // not 401: that would tell every agent its key is bad during an outage
+            E::Unavailable(why) => Self::Unavailable(why),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +283,21 @@ mod tests {
             let reply = err.in_band_reply(uid.clone());
             assert!(reply.error_response.is_some(), "{err:?}");
             assert_eq!(reply.instance_uid, uid, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn auth_errors_classify() {
+        use opamp_store::elasticsearch::enrollment::{AuthError as E, Refusal};
+        let refused = RequestError::from(E::Refused(Refusal::Inactive));
+        assert_eq!(refused, RequestError::Unauthorized(Refusal::Inactive.as_str()));
+        let resp = refused.into_http(Bytes::new());
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "ApiKey");
+        for (err, status) in [(E::RateLimited, 429), (E::Unavailable("es down".into()), 503)] {
+            let resp = RequestError::from(err).into_http(Bytes::new());
+            assert_eq!(resp.status(), status);
+            assert_eq!(resp.headers()[header::RETRY_AFTER], "30");
         }
     }
 

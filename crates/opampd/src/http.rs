@@ -8,11 +8,11 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use axum::{Router, middleware};
 use bytes::Bytes;
 use flate2::Compression;
 use flate2::read::MultiGzDecoder;
@@ -21,6 +21,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opamp_core::Enrollment;
 
+use crate::auth;
 use crate::error::{PROTOBUF, RequestError};
 use crate::service::{OpampService, echo_uid};
 use crate::state::AppState;
@@ -29,9 +30,15 @@ use crate::ws;
 
 pub const OPAMP_PATH: &str = "/v1/opamp";
 
-/// The OpAMP listener's routes.
+/// The OpAMP listener's routes. With agent authentication on, the route sits behind the
+/// [`auth`] layer, which decides from the headers before this module reads a body byte or
+/// [`ws`] upgrades anything.
 pub fn router(state: AppState) -> Router {
-    Router::new().route(OPAMP_PATH, any(opamp)).with_state(state)
+    let mut route = any(opamp);
+    if let Some(checker) = state.auth.clone() {
+        route = route.layer(middleware::from_fn_with_state(checker, auth::require_enrollment_key));
+    }
+    Router::new().route(OPAMP_PATH, route).with_state(state)
 }
 
 async fn opamp(State(state): State<AppState>, req: Request) -> Response {

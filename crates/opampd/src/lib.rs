@@ -2,14 +2,16 @@
 //! start the real server on `127.0.0.1:0` and `main.rs` only wires.
 //!
 //! Module map: [`config`] flags and validation; [`service`] the transport-independent OpAMP
-//! handler; [`http`] the HTTP transport and the `/v1/opamp` router; [`ws`] the WebSocket
+//! handler; [`http`] the HTTP transport and the `/v1/opamp` router; [`auth`] the agent
+//! authentication layer on that route; [`ws`] the WebSocket
 //! transport; [`sessions`] admission and shutdown of WebSocket sessions; [`admin`] health,
 //! metrics and the agent API; [`error`] the one place errors become statuses and in-band
 //! replies; [`server`] connection handling and draining; [`store`] opening the configured
 //! backend; [`state`] the handles handlers share; [`telemetry`] logs, metric names and the
-//! recording helpers.
+//! recording helpers; [`tls`] TLS on the OpAMP listener (files, handshakes, reloads).
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -19,6 +21,7 @@ pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod ws;
 
 use std::future::Future;
@@ -33,6 +36,7 @@ use tokio::sync::{Semaphore, watch};
 pub use config::Config;
 use service::OpampService;
 use state::{AppState, Limits, ShuttingDown};
+use tls::ServerTls;
 
 /// The two bound listeners; binding is the caller's job so tests can use port 0.
 #[derive(Debug)]
@@ -58,14 +62,22 @@ pub enum RunError {
     Flush(opamp_store::StoreError),
     #[error("flushing the store at shutdown timed out")]
     FlushTimeout,
+    #[error("tls: {0}")]
+    Tls(tls::TlsError),
+    #[error("setting up agent authentication: {0}")]
+    Auth(auth::AuthSetupError),
 }
 
 /// How long the admin listener keeps answering after the OpAMP listener has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
-/// Builds the handler state for `config` over `store`.
-pub fn app_state(config: &Config, store: Arc<dyn AgentStore>) -> AppState {
-    AppState {
+/// Builds the handler state for `config` over `store`, with the agent key checker `config`
+/// asks for (on the store's Elasticsearch settings).
+pub fn app_state(config: &Config, store: Arc<dyn AgentStore>) -> Result<AppState, RunError> {
+    // the recorder exists before the key checker registers its series
+    let metrics = telemetry::metrics_handle();
+    let auth = auth::from_config(config).map_err(RunError::Auth)?;
+    Ok(AppState {
         service: OpampService::new(store, ServerConfig::default(), service::system_clock()),
         limits: Limits {
             max_message_bytes: config.max_message_bytes,
@@ -74,22 +86,41 @@ pub fn app_state(config: &Config, store: Arc<dyn AgentStore>) -> AppState {
         },
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         shutting_down: ShuttingDown::default(),
-        metrics: telemetry::metrics_handle(),
+        metrics,
         offline_after: config.offline_after,
         ws: sessions::Sessions::new(config.max_ws_sessions),
-    }
+        auth,
+    })
 }
 
 /// Serves OpAMP and admin on `listeners` until `shutdown` completes, then stops accepting,
 /// gives in-flight requests `config.shutdown_grace` to finish, closes WebSocket sessions with
-/// 1001 within the same grace, and flushes the store.
+/// 1001 within the same grace, and flushes the store. TLS, when `config.tls` names files, is
+/// loaded here; [`run_with_tls`] takes a loaded one instead, to keep a handle for reloads.
 pub async fn run(
     config: &Config,
     store: Arc<dyn AgentStore>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let state = app_state(config, store.clone());
+    let tls = match &config.tls {
+        Some(files) => Some(ServerTls::load(files).map_err(RunError::Tls)?),
+        None => None,
+    };
+    run_with_tls(config, store, listeners, tls, shutdown).await
+}
+
+/// [`run`] with the OpAMP listener's TLS given (`None`: plain HTTP, whatever `config.tls`
+/// says). The caller keeps a clone of `tls` to reload it (`main` does on SIGHUP); the files
+/// are also checked for changes every [`tls::WATCH_INTERVAL`].
+pub async fn run_with_tls(
+    config: &Config,
+    store: Arc<dyn AgentStore>,
+    listeners: Listeners,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let state = app_state(config, store.clone())?;
     let (stop_opamp, stop_opamp_rx) = watch::channel(false);
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     tracing::info!(
@@ -98,11 +129,15 @@ pub async fn run(
         max_message_bytes = config.max_message_bytes,
         max_in_flight = config.max_in_flight,
         max_ws_sessions = config.max_ws_sessions,
+        tls = tls.is_some(),
+        tls_client_auth = tls.as_ref().is_some_and(ServerTls::requires_client_certificates),
         "opampd serving"
     );
+    let tls_watch = tls.clone().map(|t| tokio::spawn(tls::watch(t, tls::WATCH_INTERVAL)));
     let opamp = tokio::spawn(server::serve(
         "opamp",
         listeners.opamp,
+        tls,
         http::router(state.clone()),
         config.idle_timeout,
         stop_opamp_rx,
@@ -111,6 +146,7 @@ pub async fn run(
     let admin = tokio::spawn(server::serve(
         "admin",
         listeners.admin,
+        None,
         admin::router(state.clone()),
         config.idle_timeout,
         stop_admin_rx,
@@ -128,6 +164,9 @@ pub async fn run(
     let _ = stop_admin.send(true);
     let _ = admin.await;
     upkeep.abort();
+    if let Some(watcher) = tls_watch {
+        watcher.abort();
+    }
 
     let flushed =
         tokio::time::timeout(config.shutdown_grace.max(Duration::from_secs(5)), store.flush())

@@ -1,5 +1,6 @@
 //! The opampd binary: parse and validate the configuration, set up logging, open the store,
-//! bind the listeners and serve until SIGTERM or SIGINT. All behaviour lives in the library.
+//! bind the listeners and serve until SIGTERM or SIGINT; SIGHUP re-reads the TLS files. All
+//! behaviour lives in the library.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use opampd::config::{Cli, EXIT_CONFIG};
 use opampd::store::Store;
+use opampd::tls::{ReloadTrigger, ServerTls};
 use opampd::{Listeners, telemetry};
 
 // Profiling under load showed ~38% of the server's CPU in glibc malloc/free/memmove (many small,
@@ -36,6 +38,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
+    // the TLS files are configuration too: read and checked before any port is bound
+    let tls = match config.tls.as_ref().map(ServerTls::load).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("opampd: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
     telemetry::init_tracing(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -44,7 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "opampd failed");
@@ -53,12 +63,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: opampd::Config) -> anyhow::Result<()> {
+async fn serve(config: opampd::Config, tls: Option<ServerTls>) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting");
     let shutdown = shutdown_signal()?;
+    if let Some(tls) = &tls {
+        reload_on_sighup(tls.clone())?;
+    }
     let store = Store::open(&config).await.context("opening the store")?;
     let listeners = Listeners::bind(&config).await.context("binding listeners")?;
-    let served = opampd::run(&config, store.shared(), listeners, shutdown).await;
+    let served = opampd::run_with_tls(&config, store.shared(), listeners, tls, shutdown).await;
     let closed = store.close().await;
     served?;
     closed.context("closing the store")?;
@@ -87,4 +100,25 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             tracing::info!(signal = "ctrl-c", "signal received");
         }
     })
+}
+
+/// Re-reads the TLS files on every SIGHUP, for new handshakes; open connections keep theirs
+/// and a failed reload keeps the previous certificate (the reload logs either outcome). The
+/// handler is installed before the listeners are bound, so an early SIGHUP is not fatal.
+/// Without TLS there is nothing to reload and SIGHUP keeps its default action.
+fn reload_on_sighup(tls: ServerTls) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the sighup handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!(signal = "sighup", "signal received");
+                let _ = tls.reload(ReloadTrigger::Signal).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
+    Ok(())
 }

@@ -5,6 +5,10 @@
 //! connection goes idle, so `header_read_timeout` IS the idle timeout. hyper's default is 30 s,
 //! exactly the agents' poll interval, which reproduces fleet-server's EOF race; we set it from
 //! `--idle-timeout` (default 90 s, validated > 30 s). It also bounds a slow request head.
+//!
+//! TLS: a listener served with [`ServerTls`] does each handshake in the connection's own task
+//! (bounded by `tls::HANDSHAKE_TIMEOUT`, abandoned at shutdown), so accepting never waits on a
+//! client; the same hyper connection then runs over the TLS stream, upgrades included.
 
 use std::time::Duration;
 
@@ -12,16 +16,21 @@ use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use crate::tls::ServerTls;
+
 /// Accepts connections until `stop` turns true, then lets open connections finish their
-/// current request (idle ones close at once) for up to `grace`, then drops the rest.
+/// current request (idle ones close at once) for up to `grace`, then drops the rest. With
+/// `tls`, every connection is TLS (no plain-HTTP fallback on the same port).
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
+    tls: Option<ServerTls>,
     router: Router,
     idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
@@ -48,29 +57,17 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let mut stop = stop.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                router.clone().oneshot(req.map(Body::new))
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(idle_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                // the WebSocket transport upgrades connections from this same builder; an
-                // upgraded connection leaves this task (and the drain below) at once, its IO
-                // handed to the session task, which `ws::Sessions::close_all` drains
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let Some(tls) = tls else {
+                return connection(name, stream, peer, router, idle_timeout, stop).await;
             };
-            if let Err(e) = result {
-                tracing::debug!(listener = name, peer = %peer, error = %e, "connection ended with error");
+            let handshake = tokio::select! {
+                stream = tls.handshake(stream, peer) => stream,
+                () = stopped(&mut stop) => None,
+            };
+            if let Some(stream) = handshake {
+                connection(name, stream, peer, router, idle_timeout, stop).await;
             }
         });
     }
@@ -88,6 +85,43 @@ pub async fn serve(
             "grace period over, closing connections"
         );
         conns.abort_all();
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it closes, or, once `stop` is true,
+/// until its current request is answered.
+async fn connection<I>(
+    name: &'static str,
+    io: I,
+    peer: std::net::SocketAddr,
+    router: Router,
+    idle_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        router.clone().oneshot(req.map(Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        // the WebSocket transport upgrades connections from this same builder; an
+        // upgraded connection leaves this task (and the drain in `serve`) at once, its IO
+        // handed to the session task, which `ws::Sessions::close_all` drains
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(listener = name, peer = %peer, error = %e, "connection ended with error");
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use opamp_store::elasticsearch::enrollment::EnrollmentAuth;
 use tokio::sync::Semaphore;
 
 use crate::service::OpampService;
@@ -46,4 +47,7 @@ pub struct AppState {
     pub offline_after: Duration,
     /// The open WebSocket sessions: admission (`--max-ws-sessions`) and closing at shutdown.
     pub ws: Sessions,
+    /// The agent key checker (`--auth elasticsearch`), `None` when agents are not
+    /// authenticated; the OpAMP route's layer uses it, handlers never do.
+    pub auth: Option<EnrollmentAuth>,
 }

@@ -35,8 +35,10 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the backend `config` names. Elasticsearch is not contacted here, so a server can
-    /// start while the cluster is down; `/readyz` reports it until it answers.
+    /// Opens the backend `config` names. Elasticsearch is not waited for here, so a server can
+    /// start while the cluster is down: the store sets its index up in the background (retried
+    /// until it works), `/readyz` is 503 until the index's primary shard is active, and agents
+    /// arriving before that wait for the set-up or get 503 + Retry-After.
     pub async fn open(config: &Config) -> Result<Self, OpenStoreError> {
         // the backend registers its metric series when built: the recorder must exist by then
         let _ = crate::telemetry::metrics_handle();

@@ -20,6 +20,9 @@ pub const REQUEST_DURATION_SECONDS: &str = "opampd_request_duration_seconds";
 pub const IN_FLIGHT: &str = "opampd_in_flight";
 pub const WS_SESSIONS: &str = "opampd_ws_sessions";
 pub const WS_REJECTED_TOTAL: &str = "opampd_ws_rejected_total";
+pub const AUTH_TOTAL: &str = "opampd_auth_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "opampd_tls_handshake_failures_total";
+pub const TLS_RELOADS_TOTAL: &str = "opampd_tls_reloads_total";
 
 /// Every metric of this crate, with its help text.
 pub const METRICS: &[Metric] = &[
@@ -49,6 +52,24 @@ pub const METRICS: &[Metric] = &[
         name: WS_REJECTED_TOTAL,
         kind: Kind::Counter,
         help: "WebSocket upgrades refused with 503, by reason (session limit, shutting down)",
+    },
+    Metric {
+        name: AUTH_TOTAL,
+        kind: Kind::Counter,
+        help: "agent authentication decisions on the OpAMP route, by result (ok, refused: 401, \
+               unavailable: 503, rate_limited: 429)",
+    },
+    Metric {
+        name: TLS_HANDSHAKE_FAILURES_TOTAL,
+        kind: Kind::Counter,
+        help: "TLS handshakes on the OpAMP listener that failed, by reason (timeout, \
+               client_certificate, peer_alert, protocol, closed)",
+    },
+    Metric {
+        name: TLS_RELOADS_TOTAL,
+        kind: Kind::Counter,
+        help: "re-reads of the TLS certificate files, by result (ok, error: the previous \
+               certificate stays in use)",
     },
 ];
 
@@ -123,6 +144,72 @@ impl Outcome {
 
 /// The `reason` label values of [`WS_REJECTED_TOTAL`].
 pub const WS_REJECTED_REASONS: [&str; 2] = ["session_limit", "shutting_down"];
+
+/// How one agent authentication ended (the `result` label of [`AUTH_TOTAL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Ok,
+    Refused,
+    Unavailable,
+    RateLimited,
+}
+
+impl AuthResult {
+    pub const ALL: [Self; 4] = [Self::Ok, Self::Refused, Self::Unavailable, Self::RateLimited];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Records one agent authentication decision.
+pub fn record_auth(result: AuthResult) {
+    metrics::counter!(AUTH_TOTAL, "result" => result.as_str()).increment(1);
+}
+
+/// Why a TLS handshake failed (the `reason` label of [`TLS_HANDSHAKE_FAILURES_TOTAL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    Timeout,
+    ClientCertificate,
+    PeerAlert,
+    Protocol,
+    Closed,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [Self; 5] =
+        [Self::Timeout, Self::ClientCertificate, Self::PeerAlert, Self::Protocol, Self::Closed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::ClientCertificate => "client_certificate",
+            Self::PeerAlert => "peer_alert",
+            Self::Protocol => "protocol",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// The `result` label values of [`TLS_RELOADS_TOTAL`].
+pub const TLS_RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
+
+/// Records a failed TLS handshake.
+pub fn record_handshake_failure(reason: HandshakeFailure) {
+    metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => reason.as_str()).increment(1);
+}
+
+/// Records a re-read of the TLS files.
+pub fn record_tls_reload(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(TLS_RELOADS_TOTAL, "result" => result).increment(1);
+}
 
 /// Records one handled message: its outcome and, when it was processed, its duration.
 pub fn record_message(transport: Transport, outcome: Outcome, started: Option<Instant>) {
@@ -213,6 +300,15 @@ fn register_all() {
     }
     for reason in WS_REJECTED_REASONS {
         register(metric(WS_REJECTED_TOTAL), &[("reason", reason)]);
+    }
+    for result in AuthResult::ALL {
+        register(metric(AUTH_TOTAL), &[("result", result.as_str())]);
+    }
+    for reason in HandshakeFailure::ALL {
+        register(metric(TLS_HANDSHAKE_FAILURES_TOTAL), &[("reason", reason.as_str())]);
+    }
+    for result in TLS_RELOAD_RESULTS {
+        register(metric(TLS_RELOADS_TOTAL), &[("result", result)]);
     }
     for name in [CAS_RETRIES_TOTAL, IN_FLIGHT, WS_SESSIONS] {
         register(metric(name), &[]);

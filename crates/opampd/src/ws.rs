@@ -10,24 +10,36 @@
 //! one connection are processed concurrently (a bounded pipeline), but a message is never
 //! started while an earlier one of the same `instance_uid` is still in flight, so each agent's
 //! messages reach the store strictly in order.
+//!
+//! The upgrade is done here on tokio-tungstenite directly (not axum's extractor), so the
+//! session owns the raw connection: after our close frame, [`linger`] reads out what the client
+//! still sends, so it always receives the close code instead of a reset.
+
+mod linger;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use http::{HeaderMap, header};
+use futures::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, StatusCode, Version, header};
+use hyper_util::rt::TokioIo;
 use opamp_core::Enrollment;
 use opamp_proto::Message as _;
 use opamp_proto::framing;
 use opamp_proto::v1::AgentToServer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use crate::error::RequestError;
 use crate::service::OpampService;
@@ -46,6 +58,14 @@ const MAX_PIPELINE: usize = 32;
 /// How long a closing handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The most a client may still send after our close frame before we stop reading and drop the
+/// connection anyway (it then sees a reset): enough for the rest of a message several times the
+/// default limit, read into one small buffer and thrown away.
+const LINGER_BYTES: u64 = 256 << 20;
+
+/// An upgraded connection: tungstenite over the tapped raw stream.
+type Socket = WebSocketStream<linger::Tapped<TokioIo<hyper::upgrade::Upgraded>>>;
+
 /// True when the request asks for a WebSocket (`Upgrade: websocket`); other GETs get 426.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.get_all(header::UPGRADE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
@@ -53,15 +73,19 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Answers `GET /v1/opamp` with an upgrade: 101 and a session, or 503 + Retry-After when the
 /// session limit is reached or the server is shutting down (before upgrading, so a load
-/// balancer can send the agent elsewhere).
+/// balancer can send the agent elsewhere). A malformed handshake is a 400.
 pub async fn upgrade(state: AppState, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(u) => u,
-        Err(rejection) => {
-            tracing::debug!(error = %rejection.body_text(), "websocket upgrade rejected");
-            return rejection.into_response();
+    let accept = match handshake_accept(&parts.version, &parts.headers) {
+        Ok(accept) => accept,
+        Err(why) => {
+            tracing::debug!(error = why, "websocket upgrade rejected");
+            return RequestError::BadRequest(why.into()).into_http(Bytes::new());
         }
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        tracing::debug!("websocket upgrade on a connection that cannot be upgraded");
+        return RequestError::UpgradeRequired.into_http(Bytes::new());
     };
     if state.shutting_down.get() {
         return refuse("shutting_down");
@@ -79,7 +103,7 @@ pub async fn upgrade(state: AppState, req: Request) -> Response {
         phase: state.ws.phase(),
     };
     let abort = state.ws.phase();
-    upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         // replies are written and flushed one by one, so nothing waits in a write buffer
         .write_buffer_size(0)
@@ -87,10 +111,47 @@ pub async fn upgrade(state: AppState, req: Request) -> Response {
         .max_write_buffer_size(limit.saturating_add(512))
         // the frame header byte comes on top of the protobuf, which the limit is about;
         // tungstenite refuses a longer frame from its header, before allocating for it
-        .max_message_size(limit.saturating_add(1))
-        .max_frame_size(limit.saturating_add(1))
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| session.run(socket, slot, abort))
+        .max_message_size(Some(limit.saturating_add(1)))
+        .max_frame_size(Some(limit.saturating_add(1)));
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let io = linger::Tapped::new(TokioIo::new(upgraded));
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        session.run(socket, slot, abort).await;
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// Checks an HTTP/1.1 WebSocket opening handshake (RFC 6455 section 4.2.1; the caller checked
+/// the method and `Upgrade`) and returns the `Sec-WebSocket-Accept` value, or why it is refused.
+fn handshake_accept(version: &Version, headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
+    if *version != Version::HTTP_11 {
+        return Err("websocket upgrade needs http/1.1");
+    }
+    let connection_upgrade = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+    });
+    if !connection_upgrade {
+        return Err("connection header does not include upgrade");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err("sec-websocket-version must be 13");
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or("sec-websocket-key missing")?;
+    // base64 of a SHA-1: always a valid header value
+    HeaderValue::try_from(derive_accept_key(key.as_bytes()))
+        .map_err(|_| "sec-websocket-accept not encodable")
 }
 
 fn refuse(reason: &'static str) -> Response {
@@ -118,7 +179,7 @@ struct Session {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     /// We close with this code and reason.
-    Close(u16, &'static str),
+    Close(CloseCode, &'static str),
     /// The peer sent a close frame; tungstenite has queued the echo.
     PeerClosed,
     /// The connection failed; nothing more can be sent.
@@ -139,7 +200,7 @@ impl Session {
     /// Runs the session until it ends or the grace period is over (`abort`), whichever first.
     async fn run(
         mut self,
-        mut socket: WebSocket,
+        mut socket: Socket,
         _slot: OwnedSemaphorePermit,
         mut abort: watch::Receiver<Phase>,
     ) {
@@ -153,7 +214,7 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, socket: &mut WebSocket) {
+    async fn serve(&mut self, socket: &mut Socket) {
         let end = self.exchange(socket).await;
         tracing::debug!(end = ?end, "websocket session ending");
         match end {
@@ -169,7 +230,7 @@ impl Session {
     /// The message loop: read, process in a bounded ordered pipeline, reply in order. Returns
     /// once it is closing and every message received has been processed (a message the peer
     /// sent before closing or vanishing is still applied; only its reply is lost).
-    async fn exchange(&mut self, socket: &mut WebSocket) -> End {
+    async fn exchange(&mut self, socket: &mut Socket) -> End {
         let mut pipeline = FuturesOrdered::new();
         // instance_uid of each pipeline entry, in the same order
         let mut uids: VecDeque<Bytes> = VecDeque::new();
@@ -190,7 +251,7 @@ impl Session {
             tokio::select! {
                 biased;
                 () = until(&mut self.phase, |p| *p != Phase::Open), if closing.is_none() => {
-                    closing = Some(End::Close(close_code::AWAY, "server shutting down"));
+                    closing = Some(End::Close(CloseCode::Away, "server shutting down"));
                 }
                 Some(frame) = pipeline.next(), if !pipeline.is_empty() => {
                     uids.pop_front();
@@ -207,7 +268,7 @@ impl Session {
                         pipeline.push_back(self.answer(Ok(msg)));
                     }
                 }
-                incoming = socket.recv(), if reading => {
+                incoming = socket.next(), if reading => {
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     match incoming {
                         Some(Ok(Message::Binary(data))) => match self.sort(data) {
@@ -224,23 +285,24 @@ impl Session {
                             }
                             Incoming::TooLarge => {
                                 record(Outcome::TooLarge, None);
-                                closing = Some(End::Close(close_code::SIZE, "message too large"));
+                                closing = Some(End::Close(CloseCode::Size, "message too large"));
                             }
                         },
                         Some(Ok(Message::Text(_))) => {
                             record(Outcome::UnsupportedMediaType, None);
                             closing = Some(End::Close(
-                                close_code::UNSUPPORTED,
+                                CloseCode::Unsupported,
                                 "text messages are not supported, send binary opamp frames",
                             ));
                         }
-                        // tungstenite answers pings itself; both only count as activity
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        // tungstenite answers pings itself; both only count as activity (and
+                        // a raw frame is never read)
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(_))) => closing = Some(End::PeerClosed),
                         Some(Err(e)) if is_too_large(&e) => {
                             tracing::debug!(error = %e, "websocket message over the limit");
                             record(Outcome::TooLarge, None);
-                            closing = Some(End::Close(close_code::SIZE, "message too large"));
+                            closing = Some(End::Close(CloseCode::Size, "message too large"));
                         }
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "websocket read failed");
@@ -251,7 +313,7 @@ impl Session {
                 }
                 () = &mut idle, if closing.is_none() && pipeline.is_empty() && blocked.is_none() => {
                     tracing::debug!(idle_timeout = ?idle_timeout, "websocket session idle");
-                    closing = Some(End::Close(close_code::NORMAL, "idle timeout"));
+                    closing = Some(End::Close(CloseCode::Normal, "idle timeout"));
                 }
             }
         }
@@ -309,7 +371,7 @@ impl Session {
 
     /// Sends one reply, bounded by the request timeout so a peer that stops reading cannot
     /// hold the session (and its pipeline) forever.
-    async fn send(&self, socket: &mut WebSocket, frame: Bytes) -> Result<(), String> {
+    async fn send(&self, socket: &mut Socket, frame: Bytes) -> Result<(), String> {
         match tokio::time::timeout(self.limits.request_timeout, socket.send(Message::Binary(frame)))
             .await
         {
@@ -341,24 +403,21 @@ fn record(outcome: Outcome, started: Option<Instant>) {
     record_message(Transport::WebSocket, outcome, started);
 }
 
-/// Sends a close frame, then waits briefly for the peer's, discarding anything still
-/// arriving, so the TCP close is orderly.
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+/// Sends a close frame, then reads and discards whatever the client still sends (the rest of a
+/// message we refused, say) until its close frame, bounded by time and bytes, so the client
+/// reads our close code before the TCP connection goes (see [`linger`]).
+async fn close(socket: &mut Socket, code: CloseCode, reason: &'static str) {
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
     let sent = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
     if !matches!(sent, Ok(Ok(()))) {
         return;
     }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        while let Some(Ok(_)) = socket.recv().await {}
-    })
-    .await;
+    linger::linger(socket.get_mut(), CLOSE_TIMEOUT, LINGER_BYTES).await;
 }
 
-/// True for tungstenite's "message/frame over the configured size". axum does not re-export
-/// tungstenite's error type, so the class is read from its message (pinned by the ws tests).
-fn is_too_large(err: &axum::Error) -> bool {
-    err.to_string().starts_with("Space limit exceeded")
+/// True for tungstenite's "message or frame over the configured size".
+fn is_too_large(err: &tungstenite::Error) -> bool {
+    matches!(err, tungstenite::Error::Capacity(CapacityError::MessageTooLong { .. }))
 }
 
 #[cfg(test)]
@@ -373,5 +432,33 @@ mod tests {
         assert!(is_upgrade(&h));
         h.insert(header::UPGRADE, "h2c".parse().unwrap());
         assert!(!is_upgrade(&h));
+    }
+
+    #[test]
+    fn the_handshake_is_checked_and_answered_as_rfc_6455_says() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
+        // the sample key of RFC 6455 section 1.3 and its answer
+        h.insert(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap());
+        assert_eq!(
+            handshake_accept(&Version::HTTP_11, &h),
+            Ok(HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="))
+        );
+        assert!(handshake_accept(&Version::HTTP_10, &h).is_err());
+        for (name, value) in [
+            (header::CONNECTION, Some("keep-alive")),
+            (header::SEC_WEBSOCKET_VERSION, Some("8")),
+            (header::SEC_WEBSOCKET_VERSION, None),
+            (header::SEC_WEBSOCKET_KEY, None),
+        ] {
+            let mut bad = h.clone();
+            match value {
+                Some(v) => bad.insert(name.clone(), v.parse().unwrap()),
+                None => bad.remove(&name),
+            };
+            assert!(handshake_accept(&Version::HTTP_11, &bad).is_err(), "{name}: {value:?}");
+        }
     }
 }

@@ -334,3 +334,21 @@ fn full_status_requires_description_health_and_every_reported_field() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+#[test]
+fn an_adopted_record_is_asked_for_the_full_state_once_unless_it_gets_one() {
+    // a document fleet-server wrote: the agent is known, its reported state is not
+    let mut adopted = record(17, Online);
+    adopted.adopted = true;
+    assert_eq!(
+        full_state_reason(Some(&adopted), &heartbeat(18)),
+        Some(FullStateReason::Adopted),
+        "in sequence, but nothing of its state is held"
+    );
+    assert_eq!(full_state_reason(Some(&adopted), &full(18)), None, "a full report is enough");
+    assert_eq!(full_state_reason(Some(&adopted), &full(3)), None, "whatever its sequence");
+    // once written by opampd the record is its own and the usual rules apply
+    let merged = opamp_core::merge(Some(adopted), crate::support::UID, &full(18), 1);
+    assert!(!merged.adopted);
+    assert_eq!(full_state_reason(Some(&merged), &heartbeat(19)), None);
+}

@@ -2,6 +2,7 @@
 //! secrets redaction and garbage input. One test binary (modules below) so the shared 2-core box links once.
 
 mod drift;
+mod fuzz;
 mod garbage;
 mod merge;
 mod process;

@@ -3,10 +3,12 @@
 //! place that turns it into a client. Secrets never reach a log: they are [`Secret`]s.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use elasticsearch::Elasticsearch;
 use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::headers::{HeaderName, HeaderValue};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use url::Url;
@@ -15,6 +17,9 @@ use crate::{Secret, StoreError};
 
 /// The index Kibana Fleet lists agents from (ES resolves it to the system index `.fleet-agents-7`).
 pub const DEFAULT_INDEX: &str = ".fleet-agents";
+
+/// The index Kibana Fleet keeps enrollment API keys in (agent authentication reads it).
+pub const DEFAULT_ENROLLMENT_INDEX: &str = ".fleet-enrollment-api-keys";
 
 /// Group-commit and read-batching defaults, sized for a 2-core ES node.
 pub const DEFAULT_BULK_MAX_ITEMS: usize = 500;
@@ -48,6 +53,42 @@ pub enum EsAuth {
         username: String,
         password: Secret,
     },
+    /// A service account token (fleet-server's is of `elastic/fleet-server`, the identity that
+    /// may read and write the `.fleet-*` system indices), sent as `Authorization: Bearer`.
+    ServiceToken(Secret),
+}
+
+/// The PEM certificates of the CAs Elasticsearch's certificate must chain to, trusted in
+/// addition to the built-in web roots. The chain and the host name are always verified: there
+/// is no setting that turns verification off. Only built by [`CaCert::from_pem`], so a value
+/// of this type is a usable trust anchor.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCert(Arc<[u8]>);
+
+impl CaCert {
+    /// Checks that `pem` holds at least one certificate the TLS library accepts as a root.
+    pub fn from_pem(pem: impl Into<Vec<u8>>) -> Result<Self, String> {
+        let ca = Self(pem.into().into());
+        let certificate = ca.certificate()?;
+        // The certificates are only decoded when a client is built: build one (no connection
+        // is made) so a bad file fails the configuration, not the first request.
+        let probe = Url::parse("https://localhost/").map_err(|e| e.to_string())?;
+        TransportBuilder::new(SingleNodeConnectionPool::new(probe))
+            .cert_validation(CertificateValidation::Full(certificate))
+            .build()
+            .map_err(|e| format!("not a usable PEM CA certificate: {e}"))?;
+        Ok(ca)
+    }
+
+    fn certificate(&self) -> Result<Certificate, String> {
+        Certificate::from_pem(&self.0).map_err(|e| format!("not a PEM certificate: {e}"))
+    }
+}
+
+impl fmt::Debug for CaCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CaCert({} bytes of PEM)", self.0.len())
+    }
 }
 
 /// Settings of [`ElasticsearchStore`](super::ElasticsearchStore). Start from [`EsConfig::new`]
@@ -59,7 +100,12 @@ pub struct EsConfig {
     pub url: Url,
     /// Index (or alias) holding one document per agent.
     pub index: String,
+    /// Index of fleet's enrollment API keys, read by agent authentication
+    /// ([`EnrollmentAuth`](super::enrollment::EnrollmentAuth)).
+    pub enrollment_index: String,
     pub auth: EsAuth,
+    /// Extra trust anchors for an `https` URL; `None` trusts the built-in web roots only.
+    pub ca_cert: Option<CaCert>,
     /// Upper bound on any request, and on how long a caller waits for its answer.
     pub request_timeout: Duration,
     /// Timeout of the readiness probe (kept short: `/readyz` must answer fast).
@@ -97,7 +143,9 @@ impl EsConfig {
         Self {
             url,
             index: DEFAULT_INDEX.to_owned(),
+            enrollment_index: DEFAULT_ENROLLMENT_INDEX.to_owned(),
             auth: EsAuth::None,
+            ca_cert: None,
             request_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(2),
             bulk_max_items: DEFAULT_BULK_MAX_ITEMS,
@@ -131,8 +179,17 @@ impl EsConfig {
         if let Err(why) = check_index_name(&self.index) {
             return bad("index", format!("{:?} is not a valid index name: {why}", self.index));
         }
+        if let Err(why) = check_index_name(&self.enrollment_index) {
+            return bad(
+                "enrollment-index",
+                format!("{:?} is not a valid index name: {why}", self.enrollment_index),
+            );
+        }
         match &self.auth {
             EsAuth::ApiKey(key) if key.is_empty() => return bad("api-key", "is empty".into()),
+            EsAuth::ServiceToken(token) if token.is_empty() => {
+                return bad("service-token", "is empty".into());
+            }
             EsAuth::Basic { username, .. } if username.is_empty() => {
                 return bad("username", "is empty".into());
             }
@@ -197,7 +254,12 @@ impl EsConfig {
             EsAuth::Basic { username, password } => {
                 builder.auth(Credentials::Basic(username.clone(), password.expose().into()))
             }
+            EsAuth::ServiceToken(token) => builder.auth(Credentials::Bearer(token.expose().into())),
         };
+        if let Some(ca) = &self.ca_cert {
+            let certificate = ca.certificate().map_err(StoreError::Backend)?;
+            builder = builder.cert_validation(CertificateValidation::Full(certificate));
+        }
         let transport = builder
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot build elasticsearch client: {e}")))?;
@@ -225,7 +287,9 @@ impl fmt::Debug for EsConfig {
         f.debug_struct("EsConfig")
             .field("url", &self.redacted_url().as_str())
             .field("index", &self.index)
+            .field("enrollment_index", &self.enrollment_index)
             .field("auth", &self.auth)
+            .field("ca_cert", &self.ca_cert)
             .field("request_timeout", &self.request_timeout)
             .field("ready_timeout", &self.ready_timeout)
             .field("bulk_max_items", &self.bulk_max_items)
@@ -263,6 +327,28 @@ mod tests {
         assert!(text.contains("elastic"), "{text}");
         cfg.auth = EsAuth::ApiKey(Secret::new("kid:topsecret"));
         assert!(!format!("{cfg:?}").contains("topsecret"));
+        cfg.auth = EsAuth::ServiceToken(Secret::new("AAEAAWVsYXN0aWMvZmxlZXQ"));
+        assert!(!format!("{cfg:?}").contains("AAEAAWVsYXN0aWMvZmxlZXQ"));
+    }
+
+    /// A self-signed CA certificate (public part only), for the PEM checks.
+    const CA_PEM: &str = include_str!("../../tests/fixtures/es-ca.pem");
+
+    #[test]
+    fn ca_certificates_are_checked_when_configured() {
+        let ca = CaCert::from_pem(CA_PEM).expect("a real CA certificate is accepted");
+        assert_eq!(format!("{ca:?}"), format!("CaCert({} bytes of PEM)", CA_PEM.len()));
+        let mut cfg = config();
+        cfg.url = "https://localhost:9200".parse().unwrap();
+        cfg.ca_cert = Some(ca);
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.client().expect("a client trusting the CA builds");
+
+        assert!(CaCert::from_pem("").is_err());
+        assert!(CaCert::from_pem("just some text").is_err());
+        let mangled =
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+        assert!(CaCert::from_pem(mangled).is_err(), "markers around garbage are refused");
     }
 
     #[test]
@@ -279,6 +365,8 @@ mod tests {
             assert_eq!(rejected(|c| c.index = index.into()), "index", "{index:?}");
         }
         assert_eq!(rejected(|c| c.auth = EsAuth::ApiKey(Secret::new(""))), "api-key");
+        assert_eq!(rejected(|c| c.auth = EsAuth::ServiceToken(Secret::new(""))), "service-token");
+        assert_eq!(rejected(|c| c.enrollment_index = "A,B".into()), "enrollment-index");
         assert_eq!(rejected(|c| c.bulk_max_items = 0), "bulk-max-items");
         assert_eq!(rejected(|c| c.bulk_max_items = MAX_BATCH_ITEMS + 1), "bulk-max-items");
         assert_eq!(rejected(|c| c.bulks_in_flight = MAX_IN_FLIGHT + 1), "bulks-in-flight");

@@ -33,8 +33,18 @@ const MAX_DEPTH: usize = 4;
 /// Most tags kept in the document (a tag list is for filtering, not storage).
 const MAX_TAGS: usize = 100;
 
-/// The `_source` fields a read needs (the rest is for Kibana).
-pub const READ_SOURCE_FIELDS: &str = "opampd";
+/// The `_source` fields a read needs: opampd's state, and the few fleet fields a document
+/// fleet-server wrote is adopted from (see [`adopt`]). The rest is for Kibana.
+pub const READ_SOURCE_FIELDS: &[&str] = &[
+    "opampd",
+    "type",
+    "sequence_num",
+    "last_checkin_status",
+    "enrolled_at",
+    "last_checkin",
+    "policy_id",
+    "namespaces",
+];
 
 /// The non-identifying attribute holding an agent's tags, comma-separated (fleet-server's
 /// convention); it becomes the document's `tags` rather than an attribute.
@@ -109,11 +119,13 @@ pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
     serde_json::to_vec(&doc).unwrap_or_default()
 }
 
-/// Reads the record back from a document's `_source` (only the `opampd` object is needed).
+/// Reads the record back from a document's `_source` (only the `opampd` object is needed). A
+/// document fleet-server wrote for an OpAMP agent (no `opampd` object) is adopted, see
+/// [`adopt`].
 pub fn from_source(source: &Value, uid: InstanceUid) -> Result<AgentRecord, StoreError> {
-    let opampd = source
-        .get("opampd")
-        .ok_or_else(|| StoreError::Corrupt(format!("document {uid} has no opampd state")))?;
+    let Some(opampd) = source.get("opampd") else {
+        return adopt(source, uid);
+    };
     match opampd.get("schema_version").and_then(Value::as_u64) {
         Some(SCHEMA_VERSION) => {}
         other => {
@@ -135,6 +147,53 @@ pub fn from_source(source: &Value, uid: InstanceUid) -> Result<AgentRecord, Stor
             record.instance_uid
         )));
     }
+    Ok(record)
+}
+
+/// The record of an agent fleet-server enrolled: what its document says of the agent's
+/// identity and place (sequence number, status, times, policy), none of its reported state, and
+/// `adopted` set so the agent's first message here is asked for its full state unless it is
+/// one. Only OpAMP documents (`type: OPAMP`) are adopted: an Elastic Agent's is not an OpAMP
+/// agent's state.
+fn adopt(source: &Value, uid: InstanceUid) -> Result<AgentRecord, StoreError> {
+    if source.get("type").and_then(Value::as_str) != Some("OPAMP") {
+        return Err(StoreError::Corrupt(format!(
+            "document {uid} is neither opampd's nor an OpAMP agent's of fleet-server"
+        )));
+    }
+    let time = |field: &str| {
+        source
+            .get(field)
+            .and_then(Value::as_str)
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let status = match source.get("last_checkin_status").and_then(Value::as_str) {
+        Some("degraded") => opamp_core::AgentStatus::Degraded,
+        Some("error") => opamp_core::AgentStatus::Error,
+        Some("disconnected") => opamp_core::AgentStatus::Disconnected,
+        _ => opamp_core::AgentStatus::Online,
+    };
+    let enrollment = source.get("policy_id").and_then(Value::as_str).map(|policy| {
+        let namespaces = source
+            .get("namespaces")
+            .and_then(Value::as_array)
+            .map(|n| n.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        // fleet-server does not record which enrollment key an OpAMP agent used
+        std::sync::Arc::new(opamp_core::Enrollment {
+            api_key_id: String::new(),
+            policy_id: policy.to_owned(),
+            namespaces,
+        })
+    });
+    let mut record = AgentRecord::new(uid, time("enrolled_at"));
+    record.sequence_num = source.get("sequence_num").and_then(Value::as_u64).unwrap_or(0);
+    record.status = status;
+    record.last_checkin = time("last_checkin");
+    record.enrollment = enrollment;
+    record.adopted = true;
     Ok(record)
 }
 
@@ -626,12 +685,38 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_server_document_is_adopted() {
+        let uid = InstanceUid::from_bytes([9; 16]);
+        let doc = json!({
+            "type": "OPAMP", "active": true, "agent": {"id": uid.to_string(), "type": "otelcol"},
+            "enrolled_at": "2026-08-21T10:00:00Z", "last_checkin": "2026-08-21T10:05:00Z",
+            "last_checkin_status": "degraded", "sequence_num": 17,
+            "policy_id": "p1", "namespaces": ["default"], "tags": ["otelcol"],
+            "identifying_attributes": {"service.name": "otelcol"},
+        });
+        let r = from_source(&doc, uid).expect("adopted");
+        assert!(r.adopted);
+        assert_eq!(r.sequence_num, 17);
+        assert_eq!(r.status, AgentStatus::Degraded);
+        assert_eq!(r.enrolled_at, 1_787_306_400_000);
+        assert_eq!(r.last_checkin, 1_787_306_700_000);
+        assert_eq!(r.enrollment.as_ref().unwrap().policy_id, "p1");
+        assert_eq!(r.enrollment.as_ref().unwrap().namespaces, ["default"]);
+        assert_eq!(r.agent_description, None, "reported state is asked for, not guessed");
+        // written back, it is opampd's own
+        let written: Value = serde_json::from_slice(&to_source(&r, 0)).unwrap();
+        assert!(!from_source(&written, uid).unwrap().adopted);
+    }
+
+    #[test]
     fn wrong_schema_version_or_missing_state_is_corrupt() {
         let r = record();
         let mut doc: Value = serde_json::from_slice(&to_source(&r, 0)).unwrap();
         doc["opampd"]["schema_version"] = json!(999);
         assert!(matches!(from_source(&doc, r.instance_uid), Err(StoreError::Corrupt(_))));
         assert!(matches!(from_source(&json!({}), r.instance_uid), Err(StoreError::Corrupt(_))));
+        let elastic_agent = json!({"type": "PERMANENT", "agent": {"id": "x"}});
+        assert!(matches!(from_source(&elastic_agent, r.instance_uid), Err(StoreError::Corrupt(_))));
         let bad = json!({"opampd": {"schema_version": SCHEMA_VERSION, "state": "%%%"}});
         assert!(matches!(from_source(&bad, r.instance_uid), Err(StoreError::Corrupt(_))));
         let other = InstanceUid::from_bytes([8; 16]);

@@ -4,16 +4,18 @@
 //! Shared by every opampd instance; correctness across instances rests on `if_seq_no` /
 //! `if_primary_term` alone, never on local state. Nothing here searches on the hot path or
 //! forces a refresh per write. Submodules: [`config`] (settings, client), [`document`] (the JSON
-//! document and mapping), `writer` (group commit), `reader` (`_mget` batching).
+//! document and mapping), `writer` (group commit), `reader` (`_mget` batching), [`enrollment`]
+//! (agent authentication with fleet's enrollment API keys, cached).
 
 pub mod config;
 pub mod document;
+pub mod enrollment;
 mod reader;
 mod writer;
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -22,14 +24,17 @@ use elasticsearch::cluster::ClusterHealthParts;
 use elasticsearch::indices::{
     IndicesCreateParts, IndicesExistsParts, IndicesPutMappingParts, IndicesRefreshParts,
 };
+use elasticsearch::params::Level;
 use elasticsearch::{Elasticsearch, SearchParts};
 use opamp_core::AgentRecord;
 use opamp_proto::InstanceUid;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
-pub use config::{DEFAULT_INDEX, EsAuth, EsConfig, InvalidEsConfig};
+pub use config::{
+    CaCert, DEFAULT_ENROLLMENT_INDEX, DEFAULT_INDEX, EsAuth, EsConfig, InvalidEsConfig,
+};
 
 use crate::metrics as m;
 use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
@@ -49,7 +54,8 @@ pub(crate) struct Shared {
     cfg: EsConfig,
     client: Elasticsearch,
     stats: Stats,
-    /// Set once the index exists with our mapping (or we learnt it cannot be changed).
+    /// Set once the index exists with our mapping (or we learnt it cannot be changed) and its
+    /// primary shard is active, whoever created it.
     index_ready: AtomicBool,
     /// Serializes index setup so concurrent first writes do not all create it.
     index_setup: Mutex<()>,
@@ -84,6 +90,8 @@ pub struct EsStats {
     pub get_requests: u64,
     /// Writes and reads refused because a queue was full.
     pub shed: u64,
+    /// Write items refused by an index block (the flood-stage read-only block above all).
+    pub blocked: u64,
 }
 
 #[derive(Default)]
@@ -94,6 +102,7 @@ struct Stats {
     mget_requests: AtomicU64,
     get_requests: AtomicU64,
     shed: AtomicU64,
+    blocked: AtomicU64,
 }
 
 impl Stats {
@@ -127,12 +136,19 @@ impl Stats {
         self.shed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::ES_SHED_TOTAL, "op" => what).increment(1);
     }
+
+    fn record_blocked(&self, items: u64) {
+        self.blocked.fetch_add(items, Ordering::Relaxed);
+        metrics::counter!(m::ES_WRITES_BLOCKED_TOTAL).increment(items);
+    }
 }
 
 impl ElasticsearchStore {
-    /// Builds the store and starts its batchers without contacting Elasticsearch (so a server
-    /// can start while ES is down; [`ready`](AgentStore::ready) reports it). The index is set up
-    /// by the first write or `ready`, or eagerly by [`connect`](Self::connect).
+    /// Builds the store, starts its batchers, and starts setting the index up in the background
+    /// (retried until it works), without waiting for Elasticsearch: a server can start while ES
+    /// is down, and [`ready`](AgentStore::ready) says when the index is usable. Until then reads
+    /// and writes wait for the set-up (bounded by the request timeout), so none reaches a shard
+    /// that is not active yet. [`connect`](Self::connect) waits for the set-up instead.
     /// Must be called inside a tokio runtime.
     pub fn new(cfg: EsConfig) -> Result<Self, StoreError> {
         cfg.validate()
@@ -152,6 +168,7 @@ impl ElasticsearchStore {
         });
         tokio::spawn(writer::run(shared.clone(), write_rx));
         tokio::spawn(reader::run(shared.clone(), read_rx));
+        tokio::spawn(set_up_early(Arc::downgrade(&shared)));
         Ok(Self { shared, writes: write_tx, reads: read_tx })
     }
 
@@ -178,6 +195,7 @@ impl ElasticsearchStore {
             mget_requests: s.mget_requests.load(Ordering::Relaxed),
             get_requests: s.get_requests.load(Ordering::Relaxed),
             shed: s.shed.load(Ordering::Relaxed),
+            blocked: s.blocked.load(Ordering::Relaxed),
         }
     }
 
@@ -207,10 +225,33 @@ impl ElasticsearchStore {
     }
 }
 
+/// Sets the index up as soon as the store is built, so the instance is ready before its first
+/// agent arrives (and `/readyz` says so), retrying with a growing pause until it works or the
+/// store is dropped.
+async fn set_up_early(shared: Weak<Shared>) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let Some(store) = shared.upgrade() else { return };
+        match store.ensure_index_once().await {
+            Ok(()) => return,
+            Err(err) => warn!(
+                index = %store.cfg.index, error = %err, retry_in = ?pause,
+                "elasticsearch index not ready yet"
+            ),
+        }
+        drop(store);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 impl Shared {
     /// Creates the index with our mapping if missing; on an existing index adds our mapping
-    /// where allowed. Only a failure to reach ES is an error: an index whose mapping cannot be
-    /// changed (the `.fleet-agents` system index) is used as it is.
+    /// where allowed; then, on every path (created here, created by another instance meanwhile,
+    /// there already), waits for the index's primary shard to be active. Until then a read or
+    /// write would fail on the shard. Errors are `Unavailable` (retry later) except a refusal
+    /// from Elasticsearch that retrying cannot fix. An index whose mapping cannot be changed
+    /// (the `.fleet-agents` system index) is used as it is.
     async fn ensure_index_once(&self) -> Result<(), StoreError> {
         if self.index_ready.load(Ordering::Acquire) {
             return Ok(());
@@ -228,6 +269,7 @@ impl Shared {
             .await
             .map_err(|_| StoreError::Unavailable("index setup timed out".into()))??;
         self.index_ready.store(true, Ordering::Release);
+        info!(index = %self.cfg.index, "elasticsearch index ready, primary shard active");
         Ok(())
     }
 
@@ -244,10 +286,13 @@ impl Shared {
             .as_u16();
         match exists {
             404 => {
+                let wait = format!("{}ms", self.shard_wait().as_millis().max(1));
                 let response = self
                     .client
                     .indices()
                     .create(IndicesCreateParts::Index(index))
+                    .wait_for_active_shards("1")
+                    .timeout(&wait)
                     .body(json!({ "settings": document::settings(), "mappings": document::mappings() }))
                     .send()
                     .await
@@ -256,13 +301,14 @@ impl Shared {
                 let text = response.text().await.unwrap_or_default();
                 if (200..300).contains(&status) {
                     info!(index, "created elasticsearch index");
-                    Ok(())
                 } else if text.contains("resource_already_exists_exception") {
-                    // Another instance created it in the meantime.
-                    Ok(())
+                    // Another instance created it in the meantime; its shard may not be
+                    // active yet.
+                    info!(index, "elasticsearch index created by another instance");
                 } else {
-                    Err(status_error(status, &text))
+                    return Err(status_error(status, &text));
                 }
+                self.wait_for_primary().await
             }
             200..=299 => {
                 let response = self
@@ -280,11 +326,79 @@ impl Shared {
                     // fields already, and the state blob needs no mapping.
                     info!(index, status, reason = %error_reason(&text), "index mapping left unchanged");
                 }
+                self.wait_for_primary().await
+            }
+            // fleet-server's service token may read and write the restricted .fleet-* indices
+            // but not inspect or create them: Elasticsearch creates such a system index from
+            // its own descriptor on the first write. Use the index as it is.
+            403 => {
+                info!(index, "index not inspectable with these credentials; used as it is");
                 Ok(())
             }
             status => Err(status_error(status, "")),
         }
     }
+
+    /// How long one set-up attempt may wait for the primary shards: within the request timeout
+    /// the whole attempt is bounded by.
+    fn shard_wait(&self) -> Duration {
+        self.cfg.request_timeout / 2
+    }
+
+    /// Waits until every primary shard of the index is active. An index another instance just
+    /// created exists for a while before it can serve a read or write
+    /// (`no_shard_available_action_exception`), and its health is already yellow then: ES counts
+    /// a new index's unassigned primaries as yellow, so `wait_for_status=yellow` does not wait.
+    /// So ES waits for an active shard, and the answer's per-index shard counts decide.
+    async fn wait_for_primary(&self) -> Result<(), StoreError> {
+        let index = self.cfg.index.as_str();
+        let deadline = tokio::time::Instant::now() + self.shard_wait();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let timeout = format!("{}ms", left.as_millis().max(1));
+            let response = self
+                .client
+                .cluster()
+                .health(ClusterHealthParts::Index(&[index]))
+                .level(Level::Indices)
+                .wait_for_active_shards("1")
+                .timeout(&timeout)
+                .send()
+                .await
+                .map_err(transport_error)?;
+            let status = response.status_code().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            match primaries_active(index, status, &text) {
+                Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    // more than one primary, not all active yet
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+}
+
+/// Reads a cluster health answer for `index` at `level=indices`: Ok when every index it
+/// resolves to (an alias may name another) has all its primary shards active. ES answers 408,
+/// with the health as far as it got, when its wait timed out.
+fn primaries_active(index: &str, status: u16, body: &str) -> Result<(), StoreError> {
+    if !matches!(status, 200 | 408) {
+        return Err(status_error(status, body));
+    }
+    let health: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let indices = health.get("indices").and_then(Value::as_object);
+    let (mut active, mut primaries) = (0, 0);
+    for one in indices.into_iter().flat_map(|i| i.values()) {
+        active += one.get("active_primary_shards").and_then(Value::as_u64).unwrap_or(0);
+        primaries += one.get("number_of_shards").and_then(Value::as_u64).unwrap_or(u64::MAX / 4);
+    }
+    if primaries > 0 && active == primaries {
+        return Ok(());
+    }
+    Err(StoreError::Unavailable(format!(
+        "primary shards of index {index} not active yet ({active} of {primaries})"
+    )))
 }
 
 #[async_trait]
@@ -421,7 +535,7 @@ impl ElasticsearchStore {
                 "size": page,
                 "query": { "bool": { "filter": [ { "term": { "type": "OPAMP" } } ] } },
                 "sort": [ { "agent.id": "asc" } ],
-                "_source": [document::READ_SOURCE_FIELDS],
+                "_source": document::READ_SOURCE_FIELDS,
                 "track_total_hits": false,
             });
             if let Some(c) = &cursor {
@@ -443,10 +557,6 @@ impl ElasticsearchStore {
                 let Some(id) = hit.get("_id").and_then(Value::as_str) else { continue };
                 cursor = Some(id.to_owned());
                 let source = hit.get("_source").unwrap_or(&Value::Null);
-                // Other OPAMP documents (written by fleet-server) share the index: skip them.
-                if source.get("opampd").is_none() {
-                    continue;
-                }
                 let uid: InstanceUid = id
                     .parse()
                     .map_err(|e| StoreError::Corrupt(format!("document id {id}: {e}")))?;
@@ -511,6 +621,9 @@ async fn json_body(
 /// An HTTP error answer from Elasticsearch, classified once.
 fn status_error(status: u16, body: &str) -> StoreError {
     let reason = error_reason(body);
+    if reason.starts_with(BLOCKED) {
+        return StoreError::Unavailable(format!("elasticsearch index blocked: {reason}"));
+    }
     match status {
         409 => StoreError::Conflict,
         429 => StoreError::Overloaded,
@@ -518,6 +631,11 @@ fn status_error(status: u16, body: &str) -> StoreError {
         _ => StoreError::Backend(format!("elasticsearch answered {status}: {reason}")),
     }
 }
+
+/// The error type of a request refused by an index or cluster block: the flood-stage watermark's
+/// `read_only_allow_delete` (429), an index made read-only (403), a cluster read-only block.
+/// Writes succeed again once the block is removed, so it is `Unavailable`, never a fault.
+pub(crate) const BLOCKED: &str = "cluster_block_exception";
 
 /// `type: reason` of an ES error body, or a bounded prefix of whatever it is.
 fn error_reason(body: &str) -> String {
@@ -548,6 +666,13 @@ mod tests {
         assert_eq!(status_error(429, ""), StoreError::Overloaded);
         assert!(matches!(status_error(503, "x"), StoreError::Unavailable(_)));
         assert!(matches!(status_error(400, "{}"), StoreError::Backend(_)));
+        let blocked = json!({"status": 403, "error": {"type": "cluster_block_exception",
+            "reason": "index [i] blocked by: [FORBIDDEN/5/index read-only (api)];"}});
+        let got = status_error(403, &blocked.to_string());
+        assert!(
+            matches!(&got, StoreError::Unavailable(why) if why.contains("read-only")),
+            "{got:?}"
+        );
         let body = r#"{"error":{"type":"illegal_argument_exception","reason":"bad"},"status":400}"#;
         assert_eq!(
             status_error(400, body),
@@ -555,5 +680,41 @@ mod tests {
                 "elasticsearch answered 400: illegal_argument_exception: bad".into()
             )
         );
+    }
+
+    #[test]
+    fn the_index_is_ready_only_when_all_its_primaries_are_active() {
+        // the health of a new index whose primary is not allocated yet is yellow, not red
+        let health = |status: &str, shards: &[(u64, u64)]| {
+            let indices: serde_json::Map<String, Value> = shards
+                .iter()
+                .enumerate()
+                .map(|(i, (active, total))| {
+                    let one = json!({"status": status, "number_of_shards": total,
+                        "active_primary_shards": active});
+                    (format!("i-{i}"), one)
+                })
+                .collect();
+            json!({"status": status, "timed_out": false, "indices": indices}).to_string()
+        };
+        assert_eq!(primaries_active("i", 200, &health("green", &[(1, 1)])), Ok(()));
+        assert_eq!(primaries_active("i", 200, &health("yellow", &[(2, 2), (1, 1)])), Ok(()));
+        for (status, body) in [
+            (200, health("yellow", &[(0, 1)])),
+            (408, health("yellow", &[(0, 1)])),
+            (408, health("red", &[(1, 2)])),
+            (200, health("yellow", &[(1, 1), (0, 1)])),
+            (408, health("red", &[])),
+            (200, r#"{"indices":{"i":{"active_primary_shards":1}}}"#.to_owned()),
+            (200, "not json".to_owned()),
+        ] {
+            let got = primaries_active("i", status, &body);
+            assert!(
+                matches!(&got, Err(StoreError::Unavailable(why)) if why.contains("index i")),
+                "{status} {body}: {got:?}"
+            );
+        }
+        assert!(matches!(primaries_active("i", 500, ""), Err(StoreError::Unavailable(_))));
+        assert!(matches!(primaries_active("i", 401, ""), Err(StoreError::Backend(_))));
     }
 }

@@ -89,7 +89,7 @@ async fn get_one(shared: &Shared, uid: InstanceUid) -> Result<ReadResult, StoreE
         .client
         .get(GetParts::IndexId(&shared.cfg.index, &id))
         .realtime(true)
-        ._source_includes(&[READ_SOURCE_FIELDS])
+        ._source_includes(READ_SOURCE_FIELDS)
         .request_timeout(shared.cfg.request_timeout)
         .send()
         .await
@@ -109,7 +109,7 @@ async fn get_many(shared: &Shared, uids: &[InstanceUid]) -> Result<Vec<ReadResul
         .client
         .mget(MgetParts::Index(&shared.cfg.index))
         .realtime(true)
-        ._source_includes(&[READ_SOURCE_FIELDS])
+        ._source_includes(READ_SOURCE_FIELDS)
         .request_timeout(shared.cfg.request_timeout)
         .body(json!({ "ids": ids }))
         .send()

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 use tracing::{debug, warn};
 
-use super::{Shared, Ticket, status_error, transport_error};
+use super::{BLOCKED, Shared, Ticket, status_error, transport_error};
 use crate::{StoreError, Version};
 
 /// Fields of a `_bulk` response routing needs; the rest is not even sent back.
@@ -268,7 +268,22 @@ async fn execute(shared: &Shared, ops: &[WriteOp]) -> Result<Vec<WriteResult>, S
     let response = tokio::time::timeout(shared.cfg.request_timeout, request)
         .await
         .map_err(|_| StoreError::Unavailable("bulk request timed out".into()))??;
+    let blocked = blocked_items(&response);
+    if blocked > 0 {
+        shared.stats.record_blocked(blocked as u64);
+    }
     route_items(&response, ops)
+}
+
+/// How many items of a `_bulk` answer an index block refused (each is `Unavailable`).
+fn blocked_items(response: &Value) -> usize {
+    let items =
+        response.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    items
+        .iter()
+        .filter_map(|item| item.as_object()?.values().next()?.pointer("/error/type")?.as_str())
+        .filter(|kind| *kind == BLOCKED)
+        .count()
 }
 
 /// Pairs response items with ops by position (ES answers in request order) and checks the id.
@@ -285,8 +300,9 @@ fn route_items(response: &Value, ops: &[WriteOp]) -> Result<Vec<WriteResult>, St
     Ok(items.iter().zip(ops).map(|(item, op)| item_result(item, &op.id)).collect())
 }
 
-/// One item's outcome: 200/201 -> the new version, 409 -> conflict, 429 -> overloaded,
-/// 5xx -> unavailable, anything else -> backend error.
+/// One item's outcome: 200/201 -> the new version, 409 -> conflict, an index block (the
+/// flood-stage watermark's read-only block answers 429) -> unavailable, naming the block,
+/// 429 -> overloaded, 5xx -> unavailable, anything else -> backend error.
 fn item_result(item: &Value, id: &str) -> WriteResult {
     // Each item is `{"<op type>": {...}}`.
     let Some(inner) = item.as_object().and_then(|o| o.values().next()) else {
@@ -312,6 +328,7 @@ fn item_result(item: &Value, id: &str) -> WriteResult {
                 error.and_then(|e| e.get("type")).and_then(Value::as_str).unwrap_or("unknown");
             let reason = error.and_then(|e| e.get("reason")).and_then(Value::as_str).unwrap_or("");
             let err = match status {
+                _ if kind == BLOCKED => StoreError::Unavailable(format!("{kind}: {reason}")),
                 429 => StoreError::Overloaded,
                 500..=599 => StoreError::Unavailable(format!("{status} {kind}: {reason}")),
                 _ => StoreError::Backend(format!("{status} {kind}: {reason}")),
@@ -342,6 +359,31 @@ mod tests {
         assert!(matches!(item_result(&item(503), "a"), Err(StoreError::Unavailable(_))));
         assert!(matches!(item_result(&item(400), "a"), Err(StoreError::Backend(_))));
         assert!(matches!(item_result(&item(200), "b"), Err(StoreError::Backend(_))));
+    }
+
+    #[test]
+    fn a_write_refused_by_an_index_block_is_unavailable_and_names_the_block() {
+        // what Elasticsearch 8.12 answers per item under the flood-stage watermark, and for an
+        // index made read-only
+        for (status, block) in [
+            (429, "TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark"),
+            (403, "FORBIDDEN/5/index read-only (api)"),
+        ] {
+            let reason = format!("index [i] blocked by: [{block}];");
+            let item = json!({"index": {"_id": "a", "status": status,
+                "error": {"type": "cluster_block_exception", "reason": reason}}});
+            let result = item_result(&item, "a");
+            assert!(
+                matches!(&result, Err(StoreError::Unavailable(why)) if why.contains(block)),
+                "{result:?}"
+            );
+            let other = json!({"create": {"_id": "b", "status": 429,
+                "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}});
+            let done = json!({"index": {"_id": "c", "status": 200}});
+            let response = json!({"items": [item, other, done, item]});
+            assert_eq!(blocked_items(&response), 2, "only the blocked items are counted");
+        }
+        assert_eq!(blocked_items(&json!({})), 0);
     }
 
     #[test]

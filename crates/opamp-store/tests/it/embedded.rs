@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use opamp_proto::InstanceUid;
-use opamp_store::conformance::{full_record, minimal_record};
+use opamp_store::conformance::{SmallDisk, full_record, minimal_record};
 use opamp_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use opamp_store::{AgentStore, Precondition, StoreError, Version, Versioned};
 use tempfile::TempDir;
@@ -222,4 +222,91 @@ async fn flush_is_idempotent_and_store_is_ready() {
     f.store.flush().await.expect("flush on empty queue");
     f.store.flush().await.expect("flush again");
     assert_eq!(f.store.ready().await, Ok(()));
+}
+
+/// A record of roughly `pad` bytes, so a few writes need fresh pages of the file.
+fn big_record(uid: InstanceUid, pad: usize) -> opamp_core::AgentRecord {
+    use opamp_proto::v1;
+    let mut record = full_record(uid);
+    let mut description = record.agent_description.as_deref().cloned().unwrap_or_default();
+    description.non_identifying_attributes.push(v1::KeyValue {
+        key: "padding".into(),
+        value: Some(v1::AnyValue {
+            value: Some(v1::any_value::Value::StringValue(uid.to_string().repeat(pad / 36 + 1))),
+        }),
+    });
+    record.agent_description = Some(std::sync::Arc::new(description));
+    record
+}
+
+/// The disk fills up under the store: writes fail as `Unavailable` (the server answers 503 +
+/// Retry-After, not 500) and apply nothing, what was acknowledged before reads back intact, and
+/// writes resume by themselves once there is room again, without reopening the store by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_makes_writes_unavailable_corrupts_nothing_and_service_resumes_by_itself() {
+    let Some(disk) = SmallDisk::mount("8m") else { return };
+    let store = EmbeddedStore::open(disk.path()).await.expect("open on the small disk");
+
+    // acknowledged before the disk fills
+    let mut acked = Vec::new();
+    for _ in 0..20 {
+        let record = big_record(InstanceUid::new_v7(), 8 << 10);
+        let version = store.put(&record, Precondition::Absent).await.expect("room on the disk");
+        acked.push(Versioned { record, version });
+    }
+
+    let filler = disk.fill();
+    let mut refused = Vec::new();
+    let mut first_error = None;
+    for _ in 0..200 {
+        let record = big_record(InstanceUid::new_v7(), 64 << 10);
+        match store.put(&record, Precondition::Absent).await {
+            Ok(version) => acked.push(Versioned { record, version }),
+            Err(err) => {
+                assert!(err.is_transient(), "a full disk is retryable, not a fault: {err:?}");
+                first_error.get_or_insert(err);
+                refused.push(record);
+                if refused.len() == 5 {
+                    break;
+                }
+            }
+        }
+    }
+    let first_error = first_error.expect("the full disk refused a write");
+    assert!(
+        matches!(&first_error, StoreError::Unavailable(why) if why.contains("disk full")),
+        "the error names the cause: {first_error:?}"
+    );
+
+    // room again: writes resume by themselves
+    std::fs::remove_file(&filler).expect("free the disk");
+    let started = std::time::Instant::now();
+    let probe = minimal_record(InstanceUid::new_v7());
+    loop {
+        match store.put(&probe, Precondition::Absent).await {
+            Ok(_) => break,
+            Err(err) if err.is_transient() => {
+                assert!(started.elapsed() < Duration::from_secs(15), "no recovery: {err:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("after the disk freed up: {err:?}"),
+        }
+    }
+
+    // nothing acknowledged is lost or damaged, nothing refused was applied, and the versions
+    // carry on
+    for stored in &acked {
+        let uid = stored.record.instance_uid;
+        assert_eq!(store.get(uid).await, Ok(Some(stored.clone())), "{uid}");
+    }
+    for record in &refused {
+        assert_eq!(store.get(record.instance_uid).await, Ok(None), "a refused write applied");
+        store.put(record, Precondition::Absent).await.expect("the retried write");
+    }
+    let last = acked.last().expect("acked");
+    let mut next = last.record.clone();
+    next.sequence_num += 1;
+    store.put(&next, Precondition::Version(last.version)).await.expect("cas after recovery");
+    store.close().await.expect("close");
+    drop(disk);
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use elasticsearch::indices::{IndicesDeleteParts, IndicesGetMappingParts};
+use elasticsearch::indices::{IndicesDeleteParts, IndicesGetMappingParts, IndicesPutSettingsParts};
 use elasticsearch::{Elasticsearch, GetParts, IndexParts};
 use opamp_core::AgentStatus;
 use opamp_proto::InstanceUid;
@@ -293,18 +293,29 @@ async fn a_document_of_another_schema_version_reads_as_corrupt() {
     assert!(response.status_code().is_success());
     let got = t.store.get(record.instance_uid).await;
     assert!(matches!(got, Err(StoreError::Corrupt(_))), "{got:?}");
-    // A document that is not opampd's at all (no state) is corrupt too, not a panic.
-    let foreign = InstanceUid::new_v7();
-    let response = t
-        .store
-        .client()
-        .index(IndexParts::IndexId(&t.name, &foreign.to_string()))
-        .body(json!({ "type": "OPAMP", "agent": { "id": foreign.to_string() } }))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status_code().is_success());
-    assert!(matches!(t.store.get(foreign).await, Err(StoreError::Corrupt(_))));
+    // A document that is neither opampd's nor an OpAMP agent's (an Elastic Agent's) is corrupt
+    // too, not a panic; fleet-server's OpAMP documents are adopted (no state, asked for it).
+    for (kind, adopted) in [("PERMANENT", false), ("OPAMP", true)] {
+        let foreign = InstanceUid::new_v7();
+        let response = t
+            .store
+            .client()
+            .index(IndexParts::IndexId(&t.name, &foreign.to_string()))
+            .body(
+                json!({ "type": kind, "agent": { "id": foreign.to_string() }, "sequence_num": 7 }),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status_code().is_success());
+        let got = t.store.get(foreign).await;
+        if adopted {
+            let record = got.expect("adopted").expect("present").record;
+            assert!(record.adopted && record.sequence_num == 7, "{record:?}");
+        } else {
+            assert!(matches!(got, Err(StoreError::Corrupt(_))), "{kind}: {got:?}");
+        }
+    }
     t.delete().await;
 }
 
@@ -340,4 +351,54 @@ async fn silent_cluster() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
         }
     });
     (addr, hold)
+}
+
+/// Sets or lifts the flood-stage block Elasticsearch puts on an index when its disk is nearly
+/// full (`index.blocks.read_only_allow_delete`), as an operator or the watermark would.
+async fn set_read_only(client: &Elasticsearch, index: &str, on: bool) {
+    let value = if on { json!(true) } else { Value::Null };
+    let response = client
+        .indices()
+        .put_settings(IndicesPutSettingsParts::Index(&[index]))
+        .body(json!({ "index.blocks.read_only_allow_delete": value }))
+        .send()
+        .await
+        .expect("put settings");
+    assert!(response.status_code().is_success(), "set block {on}: {}", response.status_code());
+}
+
+/// An index under the flood-stage block: writes are `Unavailable` (503 + Retry-After at the
+/// server) naming the block, counted, and apply nothing; reads still work; writes succeed again
+/// once the block is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_read_only_index_are_unavailable_and_resume_when_the_block_is_lifted() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let mut known = minimal_record(InstanceUid::new_v7());
+    let v1 = t.store.put(&known, Precondition::Absent).await.expect("create");
+    set_read_only(t.store.client(), &t.name, true).await;
+
+    let before = t.store.stats();
+    let fresh = minimal_record(InstanceUid::new_v7());
+    known.sequence_num += 1;
+    let (update, create) = futures::join!(
+        t.store.put(&known, Precondition::Version(v1)),
+        t.store.put(&fresh, Precondition::Absent),
+    );
+    for result in [&update.map(|_| ()), &create.map(|_| ())] {
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(why))
+                if why.contains("cluster_block_exception") && why.contains("flood-stage")),
+            "{result:?}"
+        );
+    }
+    assert_eq!(t.store.stats().blocked - before.blocked, 2, "blocked writes are counted");
+    let stored = t.store.get(known.instance_uid).await.expect("reads still work");
+    assert_eq!(stored.map(|s| s.version), Some(v1), "the refused update applied nothing");
+    assert_eq!(t.store.get(fresh.instance_uid).await, Ok(None), "the refused create applied");
+
+    set_read_only(t.store.client(), &t.name, false).await;
+    let v2 = t.store.put(&known, Precondition::Version(v1)).await.expect("update after");
+    t.store.put(&fresh, Precondition::Absent).await.expect("create after");
+    assert_eq!(t.store.get(known.instance_uid).await.unwrap().unwrap().version, v2);
+    t.delete().await;
 }

@@ -4,4 +4,6 @@
 
 mod cache;
 mod embedded;
+mod enrollment;
 mod es_store;
+mod fuzz;

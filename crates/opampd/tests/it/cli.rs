@@ -30,6 +30,35 @@ fn bad_flags_exit_64_with_a_clear_message() {
 }
 
 #[test]
+fn bad_auth_and_elasticsearch_tls_settings_exit_64_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_pem = dir.path().join("ca.pem");
+    std::fs::write(&bad_pem, "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n")
+        .unwrap();
+    let bad_pem = bad_pem.to_str().unwrap();
+    let es = ["--store", "elasticsearch", "--es-url", "https://127.0.0.1:9"];
+    for (args, expect) in [
+        (vec!["--auth", "elasticsearch"], "--auth"),
+        (vec!["--auth", "sometimes"], "sometimes"),
+        ([&es[..], &["--es-ca-cert", "/nonexistent/ca.pem"]].concat(), "--es-ca-cert"),
+        ([&es[..], &["--es-ca-cert", bad_pem]].concat(), "--es-ca-cert"),
+        ([&es[..], &["--es-service-token", "t", "--es-api-key", "k"]].concat(), "service token"),
+        ([&es[..], &["--auth-cache-ttl", "0s"]].concat(), "--auth-cache-ttl"),
+    ] {
+        let out = run_with(&args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+    let help = run_with(&["--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--es-service-token", "--es-service-token-file", "--es-ca-cert", "--auth"] {
+        assert!(help.contains(flag), "{flag} in --help");
+    }
+    assert!(help.contains("--auth-cache-ttl") && help.contains("--es-enrollment-index"));
+}
+
+#[test]
 fn bad_env_var_exits_64() {
     let out = Command::new(BIN).env("OPAMPD_MAX_MESSAGE_BYTES", "lots").output().unwrap();
     assert_eq!(out.status.code(), Some(64));

@@ -117,3 +117,17 @@ fn the_graph_is_read_right() {
     assert!(g.closure("opamp-store").contains("elasticsearch"));
     assert!(g.direct("opamp-core").contains("opamp-proto"));
 }
+
+#[test]
+fn fuzz_support_is_a_dev_dependency_only() {
+    let g = Graph::load();
+    let linking: Vec<&str> = g
+        .deps
+        .keys()
+        .map(String::as_str)
+        .filter(|k| g.direct(k).contains("fuzz-support"))
+        .collect();
+    assert!(linking.is_empty(), "{linking:?} depend on fuzz-support outside [dev-dependencies]");
+    // the edge exists, as a dev-dependency: the check above looks at the right graph
+    assert!(g.deps["opamp-core"].iter().any(|(name, normal)| name == "fuzz-support" && !normal));
+}

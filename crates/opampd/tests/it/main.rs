@@ -3,11 +3,17 @@
 //! client; the Elasticsearch ones run against the real cluster `scripts/test.sh` provides.
 
 mod admin;
+mod auth;
 mod cli;
 mod common;
+mod es_cold_start;
 mod es_failure;
 mod es_multi_instance;
+mod fleet_documents;
+mod fuzz;
 mod http;
 mod interop_node;
 mod layering;
+mod storage_faults;
+mod tls;
 mod ws;

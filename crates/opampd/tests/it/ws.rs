@@ -284,6 +284,41 @@ async fn over_limit_message_closes_with_1009() {
     server.stop().await.unwrap();
 }
 
+/// A frame far over the limit, sent in one write: the server refuses it from its header while
+/// the client is still sending. The client must still learn why (close 1009 and its reason),
+/// not see the connection reset under it (1006), every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_far_over_the_limit_always_gets_close_1009_with_its_reason() {
+    const LIMIT: usize = 1 << 20;
+    const RUNS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::embedded(dir.path());
+    config.max_message_bytes = LIMIT;
+    let server = TestServer::start_with(config).await;
+    let mut frame = vec![0u8; 4 * LIMIT];
+    frame[1] = 0x0a;
+    let frame = Bytes::from(frame);
+    for run in 0..RUNS {
+        let mut ws = connect(&server).await;
+        let sent = tokio::time::timeout(REPLY_TIMEOUT, ws.send(Message::Binary(frame.clone())))
+            .await
+            .expect("the server keeps reading while the client sends");
+        assert!(sent.is_ok(), "run {run}: the send failed: {sent:?}");
+        let got = tokio::time::timeout(REPLY_TIMEOUT, ws.next()).await.expect("answered in time");
+        match got {
+            Some(Ok(Message::Close(Some(close)))) => {
+                assert_eq!(u16::from(close.code), 1009, "run {run}");
+                assert_eq!(close.reason.as_str(), "message too large", "run {run}");
+            }
+            other => panic!("run {run}: expected close 1009, got {other:?}"),
+        }
+        // the client answers the close; the server then ends the connection
+        let end = tokio::time::timeout(REPLY_TIMEOUT, ws.next()).await.expect("closed in time");
+        assert!(matches!(end, None | Some(Err(_))), "run {run}: {end:?}");
+    }
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_huge_message_is_refused_without_reading_it() {
     let dir = tempfile::tempdir().unwrap();

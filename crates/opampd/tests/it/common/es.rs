@@ -37,12 +37,24 @@ pub struct TestIndex {
     /// Where the cluster really is (tests read documents here, bypassing any forwarder).
     pub es: Url,
     pub name: String,
+    /// False for an index other tests share (`.fleet-agents`): tests there use unique uids.
+    delete_on_drop: bool,
 }
 
 impl TestIndex {
     /// `None` when the Elasticsearch tests are skipped.
     pub fn new() -> Option<Self> {
-        Some(Self { es: es_url()?, name: format!("opampd-test-{}", InstanceUid::new_v7()) })
+        Some(Self {
+            es: es_url()?,
+            name: format!("opampd-test-{}", InstanceUid::new_v7()),
+            delete_on_drop: true,
+        })
+    }
+
+    /// The `.fleet-agents` system index Kibana reads, shared by every test that uses it and
+    /// never deleted.
+    pub fn fleet_agents() -> Option<Self> {
+        Some(Self { es: es_url()?, name: ".fleet-agents".into(), delete_on_drop: false })
     }
 
     /// opampd's configuration for `--store elasticsearch` on this index at `es` (the cluster
@@ -102,6 +114,9 @@ impl TestIndex {
 
 impl Drop for TestIndex {
     fn drop(&mut self) {
+        if !self.delete_on_drop {
+            return;
+        }
         // Plain blocking HTTP so it also runs while a failed test unwinds (no runtime needed).
         let host = self.es.host_str().unwrap_or("127.0.0.1").to_owned();
         let port = self.es.port_or_known_default().unwrap_or(9200);

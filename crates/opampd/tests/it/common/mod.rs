@@ -13,6 +13,7 @@ use opamp_proto::v1::{
 use opamp_proto::{InstanceUid, Message, agent_caps, server_flags};
 use opampd::config::Config;
 use opampd::store::Store;
+use opampd::tls::ServerTls;
 use opampd::{Listeners, RunError};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -36,6 +37,13 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> Self {
+        Self::start_with_tls(config, None).await
+    }
+
+    /// With `tls`, the OpAMP listener speaks TLS only and `opamp_url` is `https://127.0.0.1:..`;
+    /// the test keeps a clone of `tls` to reload it.
+    pub async fn start_with_tls(config: Config, tls: Option<ServerTls>) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let store = Store::open(&config).await.expect("store opens");
         let listeners = Listeners {
             opamp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -45,7 +53,7 @@ impl TestServer {
         let admin_addr = listeners.admin.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let served = opampd::run(&config, store.shared(), listeners, async {
+            let served = opampd::run_with_tls(&config, store.shared(), listeners, tls, async {
                 let _ = stopped.await;
             })
             .await;
@@ -53,7 +61,7 @@ impl TestServer {
             served
         });
         Self {
-            opamp_url: format!("http://{opamp_addr}/v1/opamp"),
+            opamp_url: format!("{scheme}://{opamp_addr}/v1/opamp"),
             admin_url: format!("http://{admin_addr}"),
             opamp_addr,
             stop: Some(stop),
