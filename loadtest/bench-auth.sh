@@ -73,9 +73,9 @@ pin_setup "$ES"
 
 # run MODE ROUND: one opampd with --auth MODE on a fresh index, the fleet scenario through it.
 run() {
-  local mode=$1 round=$2 index=opampd-bench-auth-$mode-$round-$TS
+  local mode=$1 round=$2
+  local index=opampd-bench-auth-$mode-$round-$TS out_name=scenario-$mode-$round
   INDICES+=("$index")
-  local out_name=scenario-$mode-$round
   export OPAMPD_ES_SERVICE_TOKEN_FILE=$SECRETS/token
   start_opampd --store elasticsearch --es-url "$ES" \
     --es-index "$index" --auth "$mode" --auth-cache-ttl "$BENCH_AUTH_TTL"
