@@ -10,7 +10,7 @@
 #
 # Needs: the secured test node (`scripts/elasticsearch.sh start --secure`, started here if it is
 # not running), jq, curl. Everything it creates (service token, API key, enrollment document,
-# indices) is deleted on exit.
+# the agents it wrote to the node's `.fleet-agents`) is deleted on exit.
 set -euo pipefail
 # shellcheck source=bench-lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
@@ -25,7 +25,6 @@ SECRETS=$(mktemp -d)
 chmod 700 "$SECRETS"
 TOKEN_NAME=bench-$TS
 KEY_ID=
-INDICES=()
 
 # es METHOD PATH [BODY]: as `elastic`, credentials from a file (never on the command line).
 es() {
@@ -44,8 +43,12 @@ fleet() {
 cleanup() {
   stop_opampd
   pin_restore
-  local index
-  for index in "${INDICES[@]}"; do es DELETE "/$index" >/dev/null 2>&1 || true; done
+  # the bench's agents: every document of this test node's .fleet-agents (the secured node is a
+  # test node; its tests use uids of their own and recreate what they need)
+  if [ -s "$SECRETS/token" ]; then
+    fleet POST "/.fleet-agents/_delete_by_query?conflicts=proceed" '{"query": {"match_all": {}}}' \
+      >/dev/null 2>&1 || log "could not delete the bench agents from .fleet-agents"
+  fi
   if [ -n "$KEY_ID" ]; then
     fleet DELETE "/.fleet-enrollment-api-keys/_doc/$KEY_ID?refresh=true" >/dev/null 2>&1 || true
     es DELETE /_security/api_key "{\"ids\": [\"$KEY_ID\"]}" >/dev/null 2>&1 || true
@@ -71,11 +74,12 @@ fleet PUT "/.fleet-enrollment-api-keys/_doc/$KEY_ID?refresh=true" "$(jq -n --arg
 build
 pin_setup "$ES"
 
-# run MODE ROUND: one opampd with --auth MODE on a fresh index, the fleet scenario through it.
+# run MODE ROUND: one opampd with --auth MODE on `.fleet-agents` (the only agents index the
+# fleet-server service account may write; each run's agents are new uids), the fleet scenario
+# through it.
 run() {
   local mode=$1 round=$2
-  local index=opampd-bench-auth-$mode-$round-$TS out_name=scenario-$mode-$round
-  INDICES+=("$index")
+  local index=.fleet-agents out_name=scenario-$mode-$round
   export OPAMPD_ES_SERVICE_TOKEN_FILE=$SECRETS/token
   start_opampd --store elasticsearch --es-url "$ES" \
     --es-index "$index" --auth "$mode" --auth-cache-ttl "$BENCH_AUTH_TTL"
