@@ -2,7 +2,9 @@
 //! opampd on the real `.fleet-agents` system index, a collector with a description, tags,
 //! unhealthy health and an effective config full of secrets, and the document read back from
 //! Elasticsearch past opampd. The values are fleet-server's (elastic/fleet-server
-//! `handleOpAMP.go`); where opampd is stricter, the test says so.
+//! `handleOpAMP.go`); where opampd is stricter, the test says so. The last test runs the same
+//! collector through a cluster with security on, with the fleet-server service token and an
+//! enrollment key, and holds its document to the same checks.
 
 use std::time::Duration;
 
@@ -12,6 +14,10 @@ use opamp_proto::v1::{
     EffectiveConfig, KeyValue, any_value,
 };
 use opamp_proto::{InstanceUid, agent_caps, agent_flags};
+use opamp_store::cache::CacheConfig;
+use opamp_store::elasticsearch::enrollment::AuthCacheConfig;
+use opamp_store::secured_cluster::SecuredCluster;
+use opampd::config::{AuthConfig, Config, StoreConfig};
 use serde_json::{Value, json};
 
 use crate::common::es::{EsInstance, TestIndex, bounded};
@@ -134,15 +140,97 @@ async fn collector_doc() -> Option<Value> {
     stored(&[collector(uid())]).await
 }
 
+fn assert_agent(doc: &Value) {
+    assert_eq!(doc["agent"]["type"], "otelcol-contrib");
+    assert_eq!(doc["agent"]["version"], "0.144.0");
+    assert_eq!(doc["type"], "OPAMP");
+    assert_eq!(doc["active"], true);
+    assert_eq!(doc["policy_revision_idx"], 1);
+}
+
+fn assert_local_metadata(doc: &Value) {
+    let meta = &doc["local_metadata"];
+    assert_eq!(meta["elastic"]["agent"]["name"], "otelcol-contrib");
+    assert_eq!(meta["elastic"]["agent"]["version"], "0.144.0");
+    assert_eq!(meta["elastic"]["agent"]["id"], doc["agent"]["id"]);
+    assert_eq!(meta["host"]["hostname"], "web-01");
+    assert_eq!(meta["host"]["name"], "web-01");
+    assert_eq!(meta["os"]["platform"], "linux");
+}
+
+fn assert_tags(doc: &Value) {
+    assert_eq!(doc["tags"], json!(["otelcol-contrib", "a", "b"]));
+}
+
+fn assert_attributes(doc: &Value) {
+    assert_eq!(
+        doc["identifying_attributes"],
+        json!({"service.name": "otelcol-contrib", "service.version": "0.144.0"})
+    );
+    assert_eq!(
+        doc["non_identifying_attributes"],
+        json!({"host.name": "web-01", "os.type": "linux"})
+    );
+}
+
+fn assert_effective_config(doc: &Value) {
+    let config = &doc["effective_config"];
+    assert_eq!(config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"], "0.0.0.0:4317");
+    assert_eq!(config["service"]["pipelines"]["logs"]["exporters"], json!(["elasticsearch"]));
+    let es = &config["exporters"]["elasticsearch"];
+    assert_eq!(es["user"], "elastic");
+    assert_eq!(es["password"], "REDACTED");
+    assert_eq!(es["api_key"], "REDACTED");
+    assert_eq!(es["headers"]["Authorization"], "REDACTED");
+    assert_eq!(es["endpoints"], json!(["https://REDACTED:REDACTED@es.example:9200"]));
+}
+
+fn assert_no_secret(doc: &Value) {
+    let text = doc.to_string();
+    let state = doc["opampd"]["state"].as_str().expect("state blob");
+    let blob = base64::prelude::BASE64_STANDARD.decode(state).expect("base64 state");
+    let blob = String::from_utf8_lossy(&blob);
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{secret:?} readable in the document");
+        assert!(!blob.contains(secret), "{secret:?} readable in the state blob");
+    }
+}
+
+fn assert_health(doc: &Value) {
+    let health = &doc["health"];
+    assert_eq!(health["healthy"], false);
+    assert_eq!(health["status"], "StatusPermanentError");
+    assert_eq!(health["start_time_unix_nano"], 1_787_306_400_000_000_000u64);
+    assert_eq!(health["status_time_unix_nano"], 1_787_306_405_000_000_000u64);
+    let pipeline = &health["component_health_map"]["pipeline:logs"];
+    assert_eq!(pipeline["healthy"], false);
+    let exporter = &pipeline["component_health_map"]["exporter:elasticsearch"];
+    assert_eq!(exporter["last_error"], "connection refused");
+}
+
+fn assert_checkin(doc: &Value) {
+    assert_eq!(doc["last_checkin_status"], "error");
+    assert_eq!(doc["last_checkin_message"], "exporter elasticsearch: connection refused");
+    assert_eq!(doc["sequence_num"], 0);
+    assert!(doc["last_checkin"].as_str().is_some_and(|t| t.ends_with('Z')), "{doc}");
+    assert!(doc["enrolled_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{doc}");
+}
+
+fn assert_capabilities(doc: &Value) {
+    let mut caps: Vec<&str> =
+        doc["capabilities"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    caps.sort_unstable();
+    assert_eq!(
+        caps,
+        ["ReportsEffectiveConfig", "ReportsHealth", "ReportsHeartbeat", "ReportsStatus"]
+    );
+}
+
 #[tokio::test]
 async fn agent_type_and_version_come_from_service_name_and_version() {
     bounded(LIMIT, async {
         let Some(doc) = collector_doc().await else { return };
-        assert_eq!(doc["agent"]["type"], "otelcol-contrib");
-        assert_eq!(doc["agent"]["version"], "0.144.0");
-        assert_eq!(doc["type"], "OPAMP");
-        assert_eq!(doc["active"], true);
-        assert_eq!(doc["policy_revision_idx"], 1);
+        assert_agent(&doc);
     })
     .await;
 }
@@ -151,13 +239,7 @@ async fn agent_type_and_version_come_from_service_name_and_version() {
 async fn local_metadata_names_the_agent_its_host_and_os() {
     bounded(LIMIT, async {
         let Some(doc) = collector_doc().await else { return };
-        let meta = &doc["local_metadata"];
-        assert_eq!(meta["elastic"]["agent"]["name"], "otelcol-contrib");
-        assert_eq!(meta["elastic"]["agent"]["version"], "0.144.0");
-        assert_eq!(meta["elastic"]["agent"]["id"], doc["agent"]["id"]);
-        assert_eq!(meta["host"]["hostname"], "web-01");
-        assert_eq!(meta["host"]["name"], "web-01");
-        assert_eq!(meta["os"]["platform"], "linux");
+        assert_local_metadata(&doc);
     })
     .await;
 }
@@ -166,7 +248,7 @@ async fn local_metadata_names_the_agent_its_host_and_os() {
 async fn tags_are_the_service_name_then_the_tags_attribute_trimmed_and_deduplicated() {
     bounded(LIMIT, async {
         let Some(doc) = collector_doc().await else { return };
-        assert_eq!(doc["tags"], json!(["otelcol-contrib", "a", "b"]));
+        assert_tags(&doc);
     })
     .await;
 }
@@ -175,14 +257,7 @@ async fn tags_are_the_service_name_then_the_tags_attribute_trimmed_and_deduplica
 async fn attributes_are_objects_keyed_by_name_without_the_tags_attribute() {
     bounded(LIMIT, async {
         let Some(doc) = collector_doc().await else { return };
-        assert_eq!(
-            doc["identifying_attributes"],
-            json!({"service.name": "otelcol-contrib", "service.version": "0.144.0"})
-        );
-        assert_eq!(
-            doc["non_identifying_attributes"],
-            json!({"host.name": "web-01", "os.type": "linux"})
-        );
+        assert_attributes(&doc);
     })
     .await;
 }
@@ -191,15 +266,7 @@ async fn attributes_are_objects_keyed_by_name_without_the_tags_attribute() {
 async fn effective_config_is_the_parsed_yaml_with_secrets_redacted() {
     bounded(LIMIT, async {
         let Some(doc) = collector_doc().await else { return };
-        let config = &doc["effective_config"];
-        assert_eq!(config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"], "0.0.0.0:4317");
-        assert_eq!(config["service"]["pipelines"]["logs"]["exporters"], json!(["elasticsearch"]));
-        let es = &config["exporters"]["elasticsearch"];
-        assert_eq!(es["user"], "elastic");
-        assert_eq!(es["password"], "REDACTED");
-        assert_eq!(es["api_key"], "REDACTED");
-        assert_eq!(es["headers"]["Authorization"], "REDACTED");
-        assert_eq!(es["endpoints"], json!(["https://REDACTED:REDACTED@es.example:9200"]));
+        assert_effective_config(&doc);
     })
     .await;
 }
@@ -208,14 +275,7 @@ async fn effective_config_is_the_parsed_yaml_with_secrets_redacted() {
 async fn no_secret_is_readable_anywhere_in_the_document_or_its_state_blob() {
     bounded(LIMIT, async {
         let Some(doc) = collector_doc().await else { return };
-        let text = doc.to_string();
-        let state = doc["opampd"]["state"].as_str().expect("state blob");
-        let blob = base64::prelude::BASE64_STANDARD.decode(state).expect("base64 state");
-        let blob = String::from_utf8_lossy(&blob);
-        for secret in SECRETS {
-            assert!(!text.contains(secret), "{secret:?} readable in the document");
-            assert!(!blob.contains(secret), "{secret:?} readable in the state blob");
-        }
+        assert_no_secret(&doc);
     })
     .await;
 }
@@ -224,15 +284,7 @@ async fn no_secret_is_readable_anywhere_in_the_document_or_its_state_blob() {
 async fn health_keeps_the_component_tree_with_the_opamp_field_names() {
     bounded(LIMIT, async {
         let Some(doc) = collector_doc().await else { return };
-        let health = &doc["health"];
-        assert_eq!(health["healthy"], false);
-        assert_eq!(health["status"], "StatusPermanentError");
-        assert_eq!(health["start_time_unix_nano"], 1_787_306_400_000_000_000u64);
-        assert_eq!(health["status_time_unix_nano"], 1_787_306_405_000_000_000u64);
-        let pipeline = &health["component_health_map"]["pipeline:logs"];
-        assert_eq!(pipeline["healthy"], false);
-        let exporter = &pipeline["component_health_map"]["exporter:elasticsearch"];
-        assert_eq!(exporter["last_error"], "connection refused");
+        assert_health(&doc);
     })
     .await;
 }
@@ -241,11 +293,7 @@ async fn health_keeps_the_component_tree_with_the_opamp_field_names() {
 async fn checkin_status_and_message_follow_the_health() {
     bounded(LIMIT, async {
         let Some(doc) = collector_doc().await else { return };
-        assert_eq!(doc["last_checkin_status"], "error");
-        assert_eq!(doc["last_checkin_message"], "exporter elasticsearch: connection refused");
-        assert_eq!(doc["sequence_num"], 0);
-        assert!(doc["last_checkin"].as_str().is_some_and(|t| t.ends_with('Z')), "{doc}");
-        assert!(doc["enrolled_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{doc}");
+        assert_checkin(&doc);
     })
     .await;
 }
@@ -254,13 +302,7 @@ async fn checkin_status_and_message_follow_the_health() {
 async fn capabilities_are_the_names_of_the_set_bits() {
     bounded(LIMIT, async {
         let Some(doc) = collector_doc().await else { return };
-        let mut caps: Vec<&str> =
-            doc["capabilities"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
-        caps.sort_unstable();
-        assert_eq!(
-            caps,
-            ["ReportsEffectiveConfig", "ReportsHealth", "ReportsHeartbeat", "ReportsStatus"]
-        );
+        assert_capabilities(&doc);
     })
     .await;
 }
@@ -361,4 +403,55 @@ async fn an_agent_fleet_server_enrolled_is_adopted_with_its_policy_and_asked_onc
         assert!(doc["opampd"]["state"].is_string(), "the record is opampd's own now");
     })
     .await;
+}
+
+/// The same collector on the cluster fleet-server deployments run: security on, opampd talking
+/// with the `elastic/fleet-server` service token, the agent presenting an enrollment key. The
+/// document is the same, field by field, with the key's policy bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_security_on_and_an_enrollment_key_the_document_is_the_same() {
+    let Some(cluster) = SecuredCluster::connect().await else { return };
+    cluster
+        .run(LIMIT, async |cluster| {
+            let key = cluster.api_key("opampd-test-fleet-document").await;
+            cluster.enroll(&key, "policy-collectors", &["default"]).await;
+            let mut config = Config::embedded("unused-by-the-elasticsearch-store");
+            config.store = StoreConfig::Elasticsearch {
+                es: Box::new(cluster.es_config(".fleet-agents")),
+                cache: CacheConfig::DEFAULT,
+            };
+            config.auth = AuthConfig::Elasticsearch { cache: AuthCacheConfig::DEFAULT };
+            let server = EsInstance::start(config).await;
+            let agent = uid();
+            let resp = crate::common::client()
+                .post(&server.opamp_url)
+                .header("content-type", crate::common::PROTOBUF)
+                .header("authorization", format!("ApiKey {}", key.encoded.expose()))
+                .body(opamp_proto::Message::encode_to_vec(&collector(agent)))
+                .send()
+                .await
+                .expect("request sent");
+            assert_eq!(resp.status(), 200);
+            server.stop().await.expect("clean stop");
+            let doc = cluster.doc(".fleet-agents", &agent.to_string()).await.expect("written");
+            let doc = &doc["_source"];
+            for check in [
+                assert_agent,
+                assert_local_metadata,
+                assert_tags,
+                assert_attributes,
+                assert_effective_config,
+                assert_no_secret,
+                assert_health,
+                assert_checkin,
+                assert_capabilities,
+            ] {
+                check(doc);
+            }
+            assert_eq!(doc["policy_id"], "policy-collectors");
+            assert_eq!(doc["namespaces"], json!(["default"]));
+            let text = doc.to_string();
+            assert!(!text.contains(key.encoded.expose()) && !text.contains(key.key.expose()));
+        })
+        .await;
 }
