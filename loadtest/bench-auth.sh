@@ -98,7 +98,7 @@ run() {
   opampd_metrics "$out_name"
   stop_opampd
   local calls
-  calls=$(grep -E '^opampd_es_auth_requests_total' "$BENCH_OUT/metrics-$out_name.txt" |
+  calls=$({ grep -E '^opampd_es_auth_requests_total' "$BENCH_OUT/metrics-$out_name.txt" || true; } |
     awk '{ s += $2 } END { print s + 0 }')
   jq -c --arg mode "$mode" --argjson round "$round" --argjson calls "$calls" \
     --argjson cpu "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { print b - a }')" \
