@@ -6,9 +6,11 @@ use std::collections::HashMap;
 
 use opamp_proto::v1::{
     AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer, AnyValue, ComponentHealth,
-    EffectiveConfig, KeyValue, ServerToAgent, any_value,
+    EffectiveConfig, KeyValue, ServerErrorResponseType, ServerToAgent, any_value,
 };
 use opamp_proto::{InstanceUid, Message, agent_caps, server_caps, server_flags};
+
+use crate::outcome::ErrorClass;
 
 /// What every simulated agent declares: a status-reporting collector with health, effective
 /// config and heartbeats, the common real-world profile.
@@ -78,8 +80,12 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyError {
     Decode,
-    /// `error_response` set; carries its `ServerErrorResponseType` value.
-    ErrorResponse(i32),
+    /// `error_response` set: its `ServerErrorResponseType` value, and whether it carried
+    /// `retry_info` (when to come back).
+    ErrorResponse {
+        r#type: i32,
+        retry: bool,
+    },
     UidMismatch,
     /// `capabilities` lacks AcceptsStatus, which every response of a stateless server must carry.
     MissingCapabilities,
@@ -89,13 +95,63 @@ impl ReplyError {
     pub fn kind(&self) -> String {
         match self {
             ReplyError::Decode => "decode".into(),
-            ReplyError::ErrorResponse(1) => "error_response_bad_request".into(),
-            ReplyError::ErrorResponse(2) => "error_response_unavailable".into(),
-            ReplyError::ErrorResponse(t) => format!("error_response_type_{t}"),
+            ReplyError::ErrorResponse { r#type: 1, .. } => "error_response_bad_request".into(),
+            ReplyError::ErrorResponse { r#type: 2, .. } => "error_response_unavailable".into(),
+            ReplyError::ErrorResponse { r#type: t, .. } => format!("error_response_type_{t}"),
             ReplyError::UidMismatch => "uid_mismatch".into(),
             ReplyError::MissingCapabilities => "missing_capabilities".into(),
         }
     }
+
+    /// An in-band `Unavailable` (the WebSocket form of a 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ReplyError::ErrorResponse { r#type, .. }
+            if *r#type == ServerErrorResponseType::Unavailable as i32)
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ReplyError::ErrorResponse { retry: true, .. } if self.is_unavailable() => {
+                ErrorClass::RetryAfter
+            }
+            _ => ErrorClass::Other,
+        }
+    }
+}
+
+/// An inclusive range of sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl SeqRange {
+    pub fn contains(&self, seq: u64) -> bool {
+        (self.lo..=self.hi).contains(&seq)
+    }
+
+    fn widen(range: Option<SeqRange>, seq: u64) -> SeqRange {
+        match range {
+            None => SeqRange { lo: seq, hi: seq },
+            Some(r) => SeqRange { lo: r.lo.min(seq), hi: r.hi.max(seq) },
+        }
+    }
+}
+
+/// What an agent knows about what the server stored for it: the basis of the end-of-run check
+/// that no acknowledged write was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckView {
+    pub uid: InstanceUid,
+    /// Seq of the last message answered with a valid reply (acknowledged: the server applied it).
+    pub acked: Option<u64>,
+    /// Seqs sent after that one whose exchange failed: each may or may not have been applied.
+    /// After a failure nothing is injected, so these are consecutive.
+    pub unacked: Option<SeqRange>,
+    /// The same for the failures before the last acknowledged message: one of them applied late
+    /// (a request delayed inside a paused server) would overwrite an acknowledged write.
+    pub older_unacked: Option<SeqRange>,
 }
 
 /// A valid reply, judged.
@@ -121,11 +177,35 @@ pub struct Agent {
     in_sync: bool,
     /// The next message must be a full status: the first one, or the server asked.
     owe_full: bool,
+    /// See [`AckView`].
+    acked: Option<u64>,
+    unacked: Option<SeqRange>,
+    older_unacked: Option<SeqRange>,
 }
 
 impl Agent {
     pub fn new(uid: InstanceUid, index: u64) -> Self {
-        Self { uid, index, last_sent: None, known: false, in_sync: true, owe_full: true }
+        Self {
+            uid,
+            index,
+            last_sent: None,
+            known: false,
+            in_sync: true,
+            owe_full: true,
+            acked: None,
+            unacked: None,
+            older_unacked: None,
+        }
+    }
+
+    /// What this agent knows of its stored state, for the end-of-run check.
+    pub fn ack_view(&self) -> AckView {
+        AckView {
+            uid: self.uid,
+            acked: self.acked,
+            unacked: self.unacked,
+            older_unacked: self.older_unacked,
+        }
     }
 
     pub fn uid(&self) -> &InstanceUid {
@@ -184,7 +264,8 @@ impl Agent {
             Err(_) => return Err(self.failed(sent)),
         };
         if let Some(err) = &reply.error_response {
-            return Err(self.failed_with(sent, ReplyError::ErrorResponse(err.r#type)));
+            let e = ReplyError::ErrorResponse { r#type: err.r#type, retry: err.details.is_some() };
+            return Err(self.failed_with(sent, e));
         }
         if reply.instance_uid.as_ref() != self.uid.as_bytes() {
             return Err(self.failed_with(sent, ReplyError::UidMismatch));
@@ -201,6 +282,10 @@ impl Agent {
         };
         self.known = true;
         self.in_sync = true;
+        self.acked = Some(sent.seq);
+        if let Some(r) = self.unacked.take() {
+            self.older_unacked = Some(r);
+        }
         // Real agents answer the flag with a full status at once, false alarm or not.
         self.owe_full = asked;
         Ok(Judged { asked_full_state: asked, verdict })
@@ -210,6 +295,7 @@ impl Agent {
     /// have applied the message, so stop judging until the next good reply.
     pub fn on_error(&mut self, sent: &Sent) {
         self.in_sync = false;
+        self.unacked = Some(SeqRange::widen(self.unacked, sent.seq));
         if sent.full {
             self.owe_full = true;
         }
@@ -429,9 +515,73 @@ mod tests {
             ..Default::default()
         };
         let (s3, _) = a.next_message(Injection::None, 1);
-        assert_eq!(a.on_reply(&s3, &err.encode_to_vec()), Err(ReplyError::ErrorResponse(2)));
-        assert_eq!(ReplyError::ErrorResponse(2).kind(), "error_response_unavailable");
+        let unavailable = ReplyError::ErrorResponse { r#type: 2, retry: false };
+        assert_eq!(a.on_reply(&s3, &err.encode_to_vec()), Err(unavailable));
+        assert_eq!(unavailable.kind(), "error_response_unavailable");
+        // without retry info an in-band Unavailable is not the overload signal agents honour
+        assert_eq!(unavailable.class(), ErrorClass::Other);
         let (s4, _) = a.next_message(Injection::None, 1);
         assert_eq!(s4.expect, Expect::Unknown);
+    }
+
+    #[test]
+    fn unavailable_with_retry_info_is_the_retry_after_class() {
+        let with_retry = ReplyError::ErrorResponse { r#type: 2, retry: true };
+        assert!(with_retry.is_unavailable());
+        assert_eq!(with_retry.class(), ErrorClass::RetryAfter);
+        let bad_request = ReplyError::ErrorResponse { r#type: 1, retry: true };
+        assert_eq!(bad_request.class(), ErrorClass::Other);
+        assert_eq!(ReplyError::Decode.class(), ErrorClass::Other);
+    }
+
+    #[test]
+    fn the_last_acknowledged_seq_and_the_unacknowledged_ones_after_it_are_tracked() {
+        let mut a = agent();
+        assert_eq!((a.ack_view().acked, a.ack_view().unacked), (None, None));
+        let (s0, _) = a.next_message(Injection::None, 1);
+        ok(&mut a, &s0);
+        let (s1, _) = a.next_message(Injection::None, 1);
+        ok(&mut a, &s1);
+        assert_eq!(a.ack_view().acked, Some(1));
+        // an injected gap (3) fails, then 4 and 5 fail too: any of them may have been applied
+        let (s3, _) = a.next_message(Injection::Gap, 1);
+        assert_eq!(s3.seq, 3);
+        a.on_error(&s3);
+        for _ in 0..2 {
+            let (s, _) = a.next_message(Injection::Gap, 1);
+            a.on_error(&s);
+        }
+        let v = a.ack_view();
+        assert_eq!(
+            (v.acked, v.unacked, v.older_unacked),
+            (Some(1), Some(SeqRange { lo: 3, hi: 5 }), None)
+        );
+        assert!(v.unacked.unwrap().contains(4) && !v.unacked.unwrap().contains(2));
+        // the next good reply acknowledges 6; 3..=5 become the older unacknowledged ones
+        let (s6, _) = a.next_message(Injection::None, 1);
+        asked(&mut a, &s6);
+        let v = a.ack_view();
+        assert_eq!(
+            (v.acked, v.unacked, v.older_unacked),
+            (Some(6), None, Some(SeqRange { lo: 3, hi: 5 }))
+        );
+        assert_eq!(v.uid, *a.uid());
+    }
+
+    #[test]
+    fn a_failed_backward_injection_widens_the_range_downwards() {
+        let mut a = agent();
+        for _ in 0..3 {
+            let (s, _) = a.next_message(Injection::None, 1);
+            ok(&mut a, &s);
+        }
+        let (back, _) = a.next_message(Injection::Backward, 1);
+        assert_eq!(back.seq, 1);
+        a.on_error(&back);
+        let (next, _) = a.next_message(Injection::None, 1);
+        assert_eq!(next.seq, 2);
+        a.on_error(&next);
+        assert_eq!(a.ack_view().unacked, Some(SeqRange { lo: 1, hi: 2 }));
+        assert_eq!(a.ack_view().acked, Some(2));
     }
 }

@@ -21,4 +21,28 @@ pub struct RunConfig {
     pub progress_every: Duration,
     /// How long in-flight requests may take to finish after the run's end.
     pub drain_timeout: Duration,
+    /// A rate schedule instead of the constant `rate`: each step holds its rate for its
+    /// duration, one after the other (their sum is the run's duration). Empty: `rate` throughout.
+    pub steps: Vec<RateStep>,
+    /// Keep every exchange for the phase report.
+    pub record_events: bool,
+}
+
+/// One step of a rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateStep {
+    /// Scheduled messages per second during the step.
+    pub rate: f64,
+    pub duration: Duration,
+}
+
+impl RunConfig {
+    /// The schedule as steps: the given ones, or `rate` for the whole run.
+    pub fn schedule(&self) -> Vec<RateStep> {
+        if self.steps.is_empty() {
+            vec![RateStep { rate: self.rate, duration: self.duration }]
+        } else {
+            self.steps.clone()
+        }
+    }
 }

@@ -6,11 +6,14 @@ pub mod agent;
 pub mod config;
 pub mod latency;
 pub mod loopback;
+pub mod outcome;
+pub mod phases;
 pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod stats;
 pub mod transport;
+pub mod verify;
 
 /// Runs a tool's main future on a runtime of `threads` threads (1: a single-threaded runtime)
 /// and maps its outcome to the exit code both tools share: 0 passed, 1 ran but failed its

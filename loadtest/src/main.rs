@@ -1,6 +1,8 @@
 //! `opampd-loadtest`: simulated OpAMP agents against a loopback opampd, with drift injection,
 //! per-reply correctness checks and latency figures. Exits non-zero when the server asked for
-//! full state wrongly, missed a drift, or the error rate exceeds `--max-error-rate`.
+//! full state wrongly, missed a drift, or the error rate exceeds `--max-error-rate`; with phases
+//! (`--phase-marks`, `--rate-steps`) each phase is judged by its kind's rules instead, and with
+//! `--verify-admin` an acknowledged write missing from the store fails the run too.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,10 +11,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use opampd_loadtest::config::RunConfig;
+use opampd_loadtest::config::{RateStep, RunConfig};
 use opampd_loadtest::loopback::parse_loopback_url;
-use opampd_loadtest::runner;
+use opampd_loadtest::phases::{self, Mark, PhaseKind};
 use opampd_loadtest::transport::{HttpTransport, Transport, WsTransport};
+use opampd_loadtest::{runner, verify};
 
 // The load generator shares the machine with the server and Elasticsearch in every benchmark:
 // every CPU cycle it spends is taken from them. glibc malloc was ~17 % of its profile.
@@ -45,9 +48,30 @@ struct Cli {
     /// Fixed total scheduled msg/s instead of the heartbeat pacing (open loop; for throughput).
     #[arg(long)]
     rate: Option<f64>,
-    /// Run length in seconds; the run stops by itself.
-    #[arg(long, default_value_t = 60.0)]
-    duration: f64,
+    /// Run length in seconds (default 60, or the sum of `--rate-steps`); the run stops by itself.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// A rate schedule instead of one rate: `RATE:SECS[:KIND[:NAME]],...`, each step held for its
+    /// seconds in turn. Each step is also a phase of the report (KIND: normal, overload,
+    /// recovery or fault; default normal), e.g. `10000:60:overload,5000:30:normal:after`.
+    #[arg(long)]
+    rate_steps: Option<String>,
+    /// Cut the report into phases at the marks in this file, read at the end of the run: one
+    /// `<unix_ms> <kind> <name>` per line (kind: normal, overload, recovery, fault), written by a
+    /// script while the run goes. Errors are then judged per phase: none in normal phases, only
+    /// 503/429 with Retry-After in overload phases, only those or connection failures in fault
+    /// and recovery phases (false ReportFullState there is reported, not failed).
+    #[arg(long)]
+    phase_marks: Option<PathBuf>,
+    /// After the run, read every agent's stored `sequence_num` from these opampd admin
+    /// listeners (comma-separated base URLs, loopback only; `GET /api/agents`, paged) and check
+    /// it is the last one the server acknowledged: an acknowledged write lost fails the run.
+    #[arg(long)]
+    verify_admin: Option<String>,
+    /// Seconds to wait between the end of the run and `--verify-admin`'s reads (requests a
+    /// server still holds after the client gave up get this long to land).
+    #[arg(long, default_value_t = 2.0)]
+    verify_settle: f64,
     /// Seconds at the start excluded from the steady-state latency and rate (correctness counts
     /// cover the whole run).
     #[arg(long, default_value_t = 0.0)]
@@ -111,6 +135,39 @@ fn api_key_header(key: &str) -> anyhow::Result<reqwest::header::HeaderValue> {
     Ok(value)
 }
 
+/// Parses `--rate-steps`: the schedule, and each step as a phase (kind, name).
+fn parse_rate_steps(raw: &str) -> anyhow::Result<Vec<(RateStep, PhaseKind, String)>> {
+    let mut steps = Vec::new();
+    for (i, item) in raw.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
+        let mut parts = item.splitn(4, ':');
+        let rate: f64 = parts
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("--rate-steps {item:?}: the rate is not a number"))?;
+        let secs_raw = parts.next().with_context(|| format!("--rate-steps {item:?}: RATE:SECS"))?;
+        let seconds: f64 = secs_raw
+            .parse()
+            .with_context(|| format!("--rate-steps {item:?}: the seconds are not a number"))?;
+        if !(rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0) {
+            bail!("--rate-steps {item:?}: the rate must be in (0, 10000000] msg/s");
+        }
+        let duration = secs(&format!("rate-steps {item:?}"), seconds, 0.1)?;
+        let kind = match parts.next() {
+            Some(k) => {
+                k.parse().map_err(|e: String| anyhow::anyhow!("--rate-steps {item:?}: {e}"))?
+            }
+            None => PhaseKind::Normal,
+        };
+        let name = parts.next().map_or_else(|| format!("step{}-{rate}/s", i + 1), str::to_owned);
+        steps.push((RateStep { rate, duration }, kind, name));
+    }
+    if steps.is_empty() {
+        bail!("--rate-steps names no step");
+    }
+    Ok(steps)
+}
+
 fn secs(name: &str, v: f64, min: f64) -> anyhow::Result<Duration> {
     if !(v.is_finite() && v >= min && v <= MAX_DURATION_S) {
         bail!("--{name} must be between {min} and {MAX_DURATION_S} seconds, got {v}");
@@ -119,7 +176,21 @@ fn secs(name: &str, v: f64, min: f64) -> anyhow::Result<Duration> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
-    let duration = secs("duration", cli.duration, 0.1)?;
+    let steps = cli.rate_steps.as_deref().map(parse_rate_steps).transpose()?.unwrap_or_default();
+    let scheduled: Duration = steps.iter().map(|(s, _, _)| s.duration).sum();
+    let duration = match (cli.duration, steps.is_empty()) {
+        (Some(d), true) => secs("duration", d, 0.1)?,
+        (None, true) => Duration::from_secs(60),
+        (None, false) => scheduled,
+        (Some(_), false) => {
+            bail!("--duration and --rate-steps exclude each other (the steps' sum is the duration)")
+        }
+    };
+    if duration.as_secs_f64() > MAX_DURATION_S {
+        bail!("the run may last at most {MAX_DURATION_S} s");
+    }
+    let verify_settle = secs("verify-settle", cli.verify_settle, 0.0)?;
+    let admins = cli.verify_admin.as_deref().map(verify::parse_admin_urls).transpose()?;
     let warmup = secs("warmup", cli.warmup, 0.0)?;
     let heartbeat = secs("heartbeat", cli.heartbeat, 0.001)?;
     let timeout = secs("timeout", cli.timeout, 0.001)?;
@@ -140,7 +211,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if !(0.0..=1.0).contains(&cli.drift_rate) || !(0.0..=1.0).contains(&cli.max_error_rate) {
         bail!("--drift-rate and --max-error-rate are fractions in [0, 1]");
     }
-    let rate = cli.rate.unwrap_or(cli.agents as f64 / heartbeat.as_secs_f64());
+    let rate = if steps.is_empty() {
+        cli.rate.unwrap_or(cli.agents as f64 / heartbeat.as_secs_f64())
+    } else {
+        // the average, for the summary's target_rate
+        steps.iter().map(|(s, _, _)| s.rate * s.duration.as_secs_f64()).sum::<f64>()
+            / duration.as_secs_f64()
+    };
     if !(rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0) {
         bail!("--rate must be in (0, 10000000] msg/s, got {rate}");
     }
@@ -174,18 +251,57 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         max_followups: cli.max_followups,
         progress_every: progress,
         drain_timeout: timeout + Duration::from_secs(5),
+        steps: steps.iter().map(|(s, _, _)| *s).collect(),
+        record_events: cli.phase_marks.is_some() || !steps.is_empty(),
     };
     eprintln!(
         "opampd-loadtest: {} agents, {:.1} msg/s for {:.0} s against {} ({:?}, {} connections, {} in flight)",
         cfg.agents,
         cfg.rate,
-        cli.duration,
+        duration.as_secs_f64(),
         cli.target,
         cli.transport,
         cli.connections,
         max_in_flight
     );
-    let summary = runner::run(cfg, Arc::new(transport)).await;
+    let record_events = cfg.record_events;
+    let outcome = runner::run_recorded(cfg, Arc::new(transport)).await;
+    let mut summary = outcome.summary;
+    if record_events {
+        // the steps are phases too, at their offsets from the start
+        let mut marks = Vec::new();
+        let mut at = Duration::ZERO;
+        for (step, kind, name) in &steps {
+            let at_unix_ms = outcome.start_unix_ms + at.as_millis() as u64;
+            marks.push(Mark { at_unix_ms, kind: *kind, name: name.clone() });
+            at += step.duration;
+        }
+        let from_file = match &cli.phase_marks {
+            None => Ok(Vec::new()),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))
+                .and_then(|text| {
+                    phases::parse_marks(&text).map_err(|e| format!("{}: {e}", path.display()))
+                }),
+        };
+        match from_file {
+            Ok(m) => {
+                marks.extend(m);
+                let cut = phases::phases(&marks, outcome.start_unix_ms);
+                summary.phases = Some(phases::report(&cut, &outcome.events, cli.max_error_rate));
+                summary.phase_events_dropped = outcome.events.dropped;
+            }
+            Err(e) => summary.phases_error = Some(e),
+        }
+    }
+    if let Some(admins) = &admins {
+        tokio::time::sleep(verify_settle).await;
+        eprintln!(
+            "opampd-loadtest: checking the stored sequence_num of {} agents",
+            outcome.agents.len()
+        );
+        summary.verify = Some(verify::verify(admins, &outcome.agents).await);
+    }
     let json = summary.to_json(cli.max_error_rate);
     println!("{summary}");
     let failures = summary.failures(cli.max_error_rate);
@@ -200,4 +316,32 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(failures.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_steps_parse_with_kinds_and_names() {
+        let steps =
+            parse_rate_steps("10000:60:overload, 5000:30:normal:after the storm,200:0.5").unwrap();
+        let got: Vec<_> =
+            steps.iter().map(|(s, k, n)| (s.rate, s.duration, *k, n.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (10000.0, Duration::from_secs(60), PhaseKind::Overload, "step1-10000/s"),
+                (5000.0, Duration::from_secs(30), PhaseKind::Normal, "after the storm"),
+                (200.0, Duration::from_millis(500), PhaseKind::Normal, "step3-200/s"),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_rate_steps_are_refused() {
+        for bad in ["", "100", "x:10", "100:x", "0:10", "100:0", "100:10:storm"] {
+            assert!(parse_rate_steps(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 
 use crate::config::RunConfig;
 use crate::latency::{LatencySummary, round3};
+use crate::outcome::ErrorClass;
+use crate::phases::{PhaseReport, Table};
 use crate::stats::Stats;
+use crate::verify::VerifyReport;
 
 /// One progress line.
 #[derive(Debug)]
@@ -26,8 +29,8 @@ impl fmt::Display for Progress<'_> {
         let s = self.stats;
         write!(
             f,
-            "[{:>5.0}s] {:>8.0} msg/s  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  in_flight {}  sent {}  errors {}  \
-             full_state asked {}  false {}  missed {}  busy_skips {}",
+            "[{:>5.0}s] {:>8.0} msg/s  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  in_flight {}  sent {}  errors {} \
+             (retry_after {} connection {} gateway {} other {})  full_state asked {}  false {}  missed {}  busy_skips {}",
             self.elapsed.as_secs_f64(),
             self.rate,
             self.interval.p50_ms,
@@ -36,6 +39,10 @@ impl fmt::Display for Progress<'_> {
             self.in_flight,
             Stats::get(&s.sent),
             Stats::get(&s.errors),
+            Stats::get(&s.error_classes[ErrorClass::RetryAfter.index()]),
+            Stats::get(&s.error_classes[ErrorClass::Connection.index()]),
+            Stats::get(&s.error_classes[ErrorClass::Gateway.index()]),
+            Stats::get(&s.error_classes[ErrorClass::Other.index()]),
             Stats::get(&s.full_state_requests),
             Stats::get(&s.false_full_state),
             Stats::get(&s.missed_full_state),
@@ -67,11 +74,20 @@ pub struct Summary {
     pub false_full_state: u64,
     pub missed_full_state: u64,
     pub unjudged: u64,
+    pub unjudged_not_asked: u64,
     pub errors: u64,
     pub unavailable: u64,
     pub error_kinds: BTreeMap<String, u64>,
+    /// Errors by [`ErrorClass`] name.
+    pub error_classes: BTreeMap<String, u64>,
+    /// Transport failures by the client's text (the first few distinct ones).
+    pub error_samples: BTreeMap<String, u64>,
+    /// The rate schedule, when the run had one: (rate, seconds) per step.
+    pub rate_steps: Vec<(f64, f64)>,
     pub busy_skips: u64,
     pub saturated_waits: u64,
+    pub behind_at_step_end: u64,
+    pub late_skips: u64,
     pub max_dispatch_lag_ms: f64,
     pub drained: bool,
     pub latency_all: LatencySummary,
@@ -79,6 +95,14 @@ pub struct Summary {
     /// CPU seconds this loadtest process used (Linux only): on a shared box the client's own
     /// cost is part of the picture.
     pub client_cpu_s: Option<f64>,
+    /// The per-phase report, when the run was cut into phases.
+    pub phases: Option<Vec<PhaseReport>>,
+    /// Exchanges the event log could not keep (the phase report is then incomplete).
+    pub phase_events_dropped: u64,
+    /// Why the phases could not be reported (an unreadable marks file), if so.
+    pub phases_error: Option<String>,
+    /// The end-of-run check of the stored sequence numbers, when asked for.
+    pub verify: Option<VerifyReport>,
 }
 
 impl Summary {
@@ -119,16 +143,26 @@ impl Summary {
             false_full_state: g(&s.false_full_state),
             missed_full_state: g(&s.missed_full_state),
             unjudged: g(&s.unjudged),
+            unjudged_not_asked: g(&s.unjudged_not_asked),
             errors: g(&s.errors),
             unavailable: g(&s.unavailable),
             error_kinds: s.error_kinds.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            error_classes: s.error_classes(),
+            error_samples: s.error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            rate_steps: cfg.steps.iter().map(|st| (st.rate, st.duration.as_secs_f64())).collect(),
             busy_skips: g(&s.busy_skips),
             saturated_waits: g(&s.saturated_waits),
+            behind_at_step_end: g(&s.behind_at_step_end),
+            late_skips: g(&s.late_skips),
             max_dispatch_lag_ms: g(&s.max_dispatch_lag_us) as f64 / 1000.0,
             drained,
             latency_all,
             latency_measured,
             client_cpu_s: process_cpu_seconds(),
+            phases: None,
+            phase_events_dropped: 0,
+            phases_error: None,
+            verify: None,
         }
     }
 
@@ -136,17 +170,35 @@ impl Summary {
         if self.sent == 0 { 0.0 } else { self.errors as f64 / self.sent as f64 }
     }
 
-    /// Why the run failed, empty when it passed. Correctness counters tolerate nothing.
+    /// Why the run failed, empty when it passed. Correctness counters tolerate nothing. A run
+    /// cut into phases is judged phase by phase instead (errors and false ReportFullState are
+    /// expected in fault phases, see [`crate::phases`]); missed ReportFullState never passes.
     pub fn failures(&self, max_error_rate: f64) -> Vec<String> {
         let mut out = Vec::new();
-        if self.false_full_state > 0 {
+        let by_phase = self.phases.as_ref().filter(|_| self.phase_events_dropped == 0);
+        if let Some(phases) = by_phase {
+            for p in phases.iter().filter(|p| !p.violations.is_empty()) {
+                out.push(format!(
+                    "phase {} ({}): {}",
+                    p.name,
+                    p.kind.as_str(),
+                    p.violations.join(", ")
+                ));
+            }
+        } else if self.false_full_state > 0 {
             out.push(format!("{} false ReportFullState", self.false_full_state));
         }
         if self.missed_full_state > 0 {
             out.push(format!("{} missed ReportFullState", self.missed_full_state));
         }
-        if self.error_rate() > max_error_rate {
+        if by_phase.is_none() && self.error_rate() > max_error_rate {
             out.push(format!("error rate {:.6} > {max_error_rate}", self.error_rate()));
+        }
+        if let Some(e) = &self.phases_error {
+            out.push(format!("no phase report: {e}"));
+        }
+        if let Some(v) = &self.verify {
+            out.extend(v.failures());
         }
         if self.replies_ok == 0 {
             out.push("no successful reply".into());
@@ -158,7 +210,7 @@ impl Summary {
     }
 
     pub fn to_json(&self, max_error_rate: f64) -> Value {
-        json!({
+        let mut v = json!({
             "tool": "opampd-loadtest",
             "agents": self.agents,
             "target_rate": round3(self.target_rate),
@@ -179,12 +231,17 @@ impl Summary {
             "false_full_state": self.false_full_state,
             "missed_full_state": self.missed_full_state,
             "unjudged": self.unjudged,
+            "unjudged_not_asked": self.unjudged_not_asked,
             "errors": self.errors,
             "error_rate": self.error_rate(),
             "unavailable": self.unavailable,
             "error_kinds": self.error_kinds,
+            "error_classes": self.error_classes,
+            "error_samples": self.error_samples,
             "busy_skips": self.busy_skips,
             "saturated_waits": self.saturated_waits,
+            "behind_at_step_end": self.behind_at_step_end,
+            "late_skips": self.late_skips,
             "max_dispatch_lag_ms": round3(self.max_dispatch_lag_ms),
             "drained": self.drained,
             "latency_all": self.latency_all.to_json(),
@@ -192,7 +249,22 @@ impl Summary {
             "client_cpu_s": self.client_cpu_s.map(round3),
             "passed": self.failures(max_error_rate).is_empty(),
             "failures": self.failures(max_error_rate),
-        })
+        });
+        // in a second step: one json! of every field exceeds the macro's recursion limit
+        let extra = json!({
+            "rate_steps": self.rate_steps.iter()
+                .map(|(rate, secs)| json!({"rate": round3(*rate), "duration_s": round3(*secs)}))
+                .collect::<Vec<_>>(),
+            "phases": self.phases.as_ref()
+                .map(|ps| ps.iter().map(|p| p.to_json(self.duration_s)).collect::<Vec<_>>()),
+            "phase_events_dropped": self.phase_events_dropped,
+            "phases_error": self.phases_error,
+            "verify": self.verify.as_ref().map(VerifyReport::to_json),
+        });
+        if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+        v
     }
 }
 
@@ -223,31 +295,72 @@ impl fmt::Display for Summary {
         writeln!(f, "latency (whole run):    {}", self.latency_all)?;
         writeln!(
             f,
-            "full state: injected faults {}  server requests {} (expected & honoured {})  FALSE {}  MISSED {}  unjudged {}",
+            "full state: injected faults {}  server requests {} (expected & honoured {})  FALSE {}  MISSED {}  unjudged {} ({} not asked)",
             self.injected,
             self.full_state_requests,
             self.expected_requests_honoured,
             self.false_full_state,
             self.missed_full_state,
-            self.unjudged
+            self.unjudged,
+            self.unjudged_not_asked
         )?;
         writeln!(
             f,
-            "errors {} (rate {:.6}; 503/429/unavailable {})  {:?}",
+            "errors {} (rate {:.6}; 503/429/unavailable {})  {:?}  by class {:?}",
             self.errors,
             self.error_rate(),
             self.unavailable,
-            self.error_kinds
+            self.error_kinds,
+            self.error_classes
         )?;
+        for (text, n) in &self.error_samples {
+            writeln!(f, "  transport failure x{n}: {text}")?;
+        }
         write!(
             f,
-            "pacing: busy skips {}  saturated waits {}  max dispatch lag {:.1} ms  drained {}  client cpu {}",
+            "pacing: busy skips {}  saturated waits {}  late skips {}  behind at step end {}  max dispatch lag {:.1} ms  drained {}  client cpu {}",
             self.busy_skips,
             self.saturated_waits,
+            self.late_skips,
+            self.behind_at_step_end,
             self.max_dispatch_lag_ms,
             self.drained,
             self.client_cpu_s.map_or("n/a".into(), |c| format!("{c:.1} s")),
-        )
+        )?;
+        if let Some(phases) = &self.phases {
+            write!(
+                f,
+                "\nphases (an exchange counts in the most severe phase it overlaps):\n{}",
+                Table { phases, run_s: self.duration_s }
+            )?;
+            if self.phase_events_dropped > 0 {
+                write!(
+                    f,
+                    "phase report incomplete: {} exchanges not kept",
+                    self.phase_events_dropped
+                )?;
+            }
+        }
+        if let Some(e) = &self.phases_error {
+            write!(f, "\nno phase report: {e}")?;
+        }
+        if let Some(v) = &self.verify {
+            write!(
+                f,
+                "\nstored sequence_num check ({} agents, {} listed): matched {}  applied but unacknowledged {}  \
+                 never acknowledged {}  ACKNOWLEDGED LOST {} {:?}  unverifiable (in flight) {}{}",
+                v.agents,
+                v.listed,
+                v.matched,
+                v.applied_unacknowledged,
+                v.never_acknowledged,
+                v.acknowledged_lost,
+                v.lost,
+                v.unverifiable,
+                v.error.as_ref().map_or(String::new(), |e| format!("  INCOMPLETE: {e}")),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -267,6 +380,69 @@ pub fn process_cpu_seconds() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_summary_keeps_every_earlier_field() {
+        let cfg = RunConfig {
+            agents: 10,
+            rate: 5.0,
+            duration: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            max_in_flight: 4,
+            drift_rate: 0.0,
+            seed: 1,
+            max_followups: 2,
+            progress_every: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(1),
+            steps: Vec::new(),
+            record_events: false,
+        };
+        let s = Summary::collect(&cfg, &Stats::default(), 10, Duration::from_secs(2), true);
+        let v = s.to_json(0.0);
+        // what bench-*.sh and earlier recorded runs read, as of issue 8
+        for key in [
+            "tool",
+            "agents",
+            "target_rate",
+            "duration_s",
+            "warmup_s",
+            "drift_rate",
+            "max_in_flight",
+            "scheduled",
+            "sent",
+            "full_sent",
+            "heartbeats_sent",
+            "followups",
+            "replies_ok",
+            "achieved_rate",
+            "injected",
+            "full_state_requests",
+            "expected_requests_honoured",
+            "false_full_state",
+            "missed_full_state",
+            "unjudged",
+            "errors",
+            "error_rate",
+            "unavailable",
+            "error_kinds",
+            "busy_skips",
+            "saturated_waits",
+            "max_dispatch_lag_ms",
+            "drained",
+            "latency_all",
+            "latency",
+            "client_cpu_s",
+            "passed",
+            "failures",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
+        for key in ["error_classes", "phases", "verify", "rate_steps", "behind_at_step_end"] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
+        assert_eq!(v["phases"], Value::Null);
+        assert_eq!(v["error_classes"]["retry_after"], 0);
+    }
 
     #[test]
     fn cpu_seconds_are_read_on_linux() {

@@ -1,7 +1,8 @@
 //! The open-loop pacer: message number `m` is due at `start + m / rate` and goes to agent
 //! `m % agents`, so every agent sends once per `agents / rate` seconds with phases spread evenly
-//! (heartbeat mode is `rate = agents / heartbeat`). Concurrency is capped by a semaphore; when the
-//! cap is reached the pacer waits and the shortfall shows in the achieved rate and dispatch lag.
+//! (heartbeat mode is `rate = agents / heartbeat`; a rate schedule changes the rate step by step).
+//! Concurrency is capped by a semaphore; when the cap is reached the pacer waits and the shortfall
+//! shows in the achieved rate and dispatch lag.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,9 @@ use opamp_proto::InstanceUid;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::agent::{Agent, Injection};
-use crate::config::RunConfig;
+use crate::agent::{AckView, Agent, Injection};
+use crate::config::{RateStep, RunConfig};
+use crate::outcome::EventLog;
 use crate::report::{Progress, Summary};
 use crate::rng::SplitMix64;
 use crate::stats::Stats;
@@ -21,15 +23,85 @@ use crate::transport::Transport;
 /// An agent parked between turns; `None` while one of its messages is in flight.
 type Slot = Mutex<Option<Agent>>;
 
+/// What a run leaves behind besides its summary.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub summary: Summary,
+    /// Every agent's view of what the server stored for it, in agent order; `None` for an agent
+    /// whose last exchange was still in flight when the drain timed out (it cannot be checked).
+    pub agents: Vec<Option<AckView>>,
+    /// Every exchange, when `cfg.record_events` (empty otherwise).
+    pub events: EventLog,
+    /// When the run started, in milliseconds since the Unix epoch (event times are relative).
+    pub start_unix_ms: u64,
+}
+
 /// Runs the load for `cfg.duration` and returns the summary. Every loop ends at the deadline.
 pub async fn run(cfg: RunConfig, transport: Arc<Transport>) -> Summary {
+    run_recorded(cfg, transport).await.summary
+}
+
+/// Piecewise-constant pacing: where each step starts, in seconds and in messages.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// (start second, messages due before it, rate)
+    segments: Vec<(f64, f64, f64)>,
+}
+
+impl Pace {
+    pub fn new(steps: &[RateStep]) -> Self {
+        let mut segments = Vec::with_capacity(steps.len());
+        let (mut at, mut count) = (0.0, 0.0);
+        for step in steps {
+            segments.push((at, count, step.rate));
+            let d = step.duration.as_secs_f64();
+            at += d;
+            count += d * step.rate;
+        }
+        Self { segments }
+    }
+
+    /// Messages due in the first `t` seconds.
+    pub fn due(&self, t: f64) -> f64 {
+        let seg = self.segments.iter().rev().find(|s| s.0 <= t).or(self.segments.first());
+        seg.map_or(0.0, |&(at, count, rate)| count + (t - at).max(0.0) * rate)
+    }
+
+    /// Messages due before the step running at `t` began: a step's backlog is not carried into
+    /// the next one (after an overload step, a normal step offers its own rate, not a catch-up).
+    pub fn step_floor(&self, t: f64) -> f64 {
+        self.segments.iter().rev().find(|s| s.0 <= t).map_or(0.0, |s| s.1)
+    }
+
+    /// The rate of the step running at `t`.
+    pub fn rate_at(&self, t: f64) -> f64 {
+        let seg = self.segments.iter().rev().find(|s| s.0 <= t).or(self.segments.first());
+        seg.map_or(1.0, |s| s.2)
+    }
+
+    /// When the step running at `t` ends, in seconds since the start (infinite for the last).
+    pub fn step_end(&self, t: f64) -> f64 {
+        self.segments.iter().map(|s| s.0).find(|&at| at > t).unwrap_or(f64::INFINITY)
+    }
+
+    /// When message `m` is due, in seconds since the start.
+    pub fn time_of(&self, m: f64) -> f64 {
+        let seg = self.segments.iter().rev().find(|s| s.1 <= m).or(self.segments.first());
+        seg.map_or(0.0, |&(at, count, rate)| at + (m - count).max(0.0) / rate)
+    }
+}
+
+/// [`run`], also returning the agents' views and the event log.
+pub async fn run_recorded(cfg: RunConfig, transport: Arc<Transport>) -> RunOutcome {
     let slots: Arc<Vec<Slot>> = Arc::new(
         (0..cfg.agents)
             .map(|i| Mutex::new(Some(Agent::new(InstanceUid::new_v7(), i as u64))))
             .collect(),
     );
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(if cfg.record_events { Stats::recording() } else { Stats::default() });
     let sem = Arc::new(Semaphore::new(cfg.max_in_flight));
+    let pace = Pace::new(&cfg.schedule());
+    let start_unix_ms = unix_nanos() / 1_000_000;
     let start = Instant::now();
     let end = start + cfg.duration;
     let window_start = start + cfg.warmup;
@@ -46,21 +118,44 @@ pub async fn run(cfg: RunConfig, transport: Arc<Transport>) -> Summary {
         if now >= end {
             break;
         }
-        let due = ((now - start).as_secs_f64() * cfg.rate) as u64;
+        let elapsed = (now - start).as_secs_f64();
+        let due = pace.due(elapsed) as u64;
+        let floor = pace.step_floor(elapsed) as u64;
+        if scheduled < floor {
+            stats.behind_at_step_end.fetch_add(floor - scheduled, Ordering::Relaxed);
+            scheduled = floor;
+        }
+        // A wait for a slot ends with the step: the next one paces afresh from its own floor.
+        let step_end = start + Duration::from_secs_f64(pace.step_end(elapsed).min(1e9));
+        let step_end = step_end.min(end);
         while scheduled < due {
             let permit = match sem.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
                     stats.saturated_waits.fetch_add(1, Ordering::Relaxed);
-                    match tokio::time::timeout_at(end, sem.clone().acquire_owned()).await {
+                    match tokio::time::timeout_at(step_end, sem.clone().acquire_owned()).await {
                         Ok(Ok(p)) => p,
-                        _ => break 'pace,
+                        Ok(Err(_)) => break 'pace,
+                        Err(_) => continue 'pace,
                     }
                 }
             };
+            // A message more than one cycle late (every agent had its turn since) is dropped,
+            // not sent in a burst: a real agent sends its next message instead, it never queues
+            // up behind a slow server. Only a saturated generator falls this far behind.
+            let now_s = (Instant::now() - start).as_secs_f64();
+            let cycle = cfg.agents as f64 / pace.rate_at(now_s);
+            let earliest = pace.due(now_s - cycle) as u64;
+            if scheduled < earliest {
+                stats.late_skips.fetch_add(earliest - scheduled, Ordering::Relaxed);
+                scheduled = earliest;
+                if scheduled >= due {
+                    continue 'pace;
+                }
+            }
             let msg_no = scheduled;
             scheduled += 1;
-            let due_at = start + Duration::from_secs_f64(msg_no as f64 / cfg.rate);
+            let due_at = start + Duration::from_secs_f64(pace.time_of(msg_no as f64));
             let lag = Instant::now().saturating_duration_since(due_at).as_micros() as u64;
             stats.max_dispatch_lag_us.fetch_max(lag, Ordering::Relaxed);
             let idx = (msg_no % cfg.agents as u64) as usize;
@@ -78,16 +173,9 @@ pub async fn run(cfg: RunConfig, transport: Arc<Transport>) -> Summary {
             let max_followups = cfg.max_followups;
             stats.in_flight.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let agent = agent_turn(
-                    agent,
-                    injection,
-                    &transport,
-                    &stats,
-                    max_followups,
-                    window_start,
-                    end,
-                )
-                .await;
+                let times = TurnTimes { start, window_start, end };
+                let agent =
+                    agent_turn(agent, injection, &transport, &stats, max_followups, times).await;
                 *slots[idx].lock().unwrap_or_else(|e| e.into_inner()) = Some(agent);
                 stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
@@ -102,7 +190,21 @@ pub async fn run(cfg: RunConfig, transport: Arc<Transport>) -> Summary {
             .await
             .is_ok_and(|r| r.is_ok());
     progress.abort();
-    Summary::collect(&cfg, &stats, scheduled, dispatch_end - start, drained)
+    let summary = Summary::collect(&cfg, &stats, scheduled, dispatch_end - start, drained);
+    let agents = slots
+        .iter()
+        .map(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Agent::ack_view))
+        .collect();
+    let events = std::mem::take(&mut *stats.events.lock().unwrap_or_else(|e| e.into_inner()));
+    RunOutcome { summary, agents, events, start_unix_ms }
+}
+
+/// The instants a turn is measured against.
+#[derive(Debug, Clone, Copy)]
+struct TurnTimes {
+    start: Instant,
+    window_start: Instant,
+    end: Instant,
 }
 
 /// One dispatch of one agent: its scheduled message, then (bounded) the full statuses the server
@@ -113,9 +215,9 @@ async fn agent_turn(
     transport: &Transport,
     stats: &Stats,
     max_followups: u32,
-    window_start: Instant,
-    end: Instant,
+    times: TurnTimes,
 ) -> Agent {
+    let TurnTimes { start, window_start, end } = times;
     for attempt in 0..=max_followups {
         let (sent, body) = agent.next_message(injection, unix_nanos());
         injection = Injection::None;
@@ -124,18 +226,30 @@ async fn agent_turn(
         let result = transport.exchange(agent.index(), agent.uid(), body).await;
         let done = Instant::now();
         let in_window = done >= window_start && done <= end;
-        stats.on_latency(done - t0, in_window);
+        let latency = done - t0;
+        let start_ms = u32::try_from((t0 - start).as_millis()).unwrap_or(u32::MAX);
+        stats.on_latency(latency, in_window);
         match result {
             Ok(bytes) => match agent.on_reply(&sent, &bytes) {
-                Ok(judged) => stats.on_judged(&judged, in_window),
+                Ok(judged) => {
+                    stats.on_judged(&judged, in_window);
+                    stats.log_reply(start_ms, latency, &judged);
+                }
                 Err(e) => {
-                    stats.on_error(e.kind(), e == crate::agent::ReplyError::ErrorResponse(2));
+                    let kind = e.kind();
+                    stats.log_error(start_ms, latency, e.class(), &kind);
+                    stats.on_error(kind, e.class(), e.is_unavailable());
                     break;
                 }
             },
             Err(e) => {
                 agent.on_error(&sent);
-                stats.on_error(e.kind(), e.is_unavailable());
+                if let crate::transport::ExchangeError::Other(text) = &e {
+                    stats.sample_error(text);
+                }
+                let kind = e.kind();
+                stats.log_error(start_ms, latency, e.class(), &kind);
+                stats.on_error(kind, e.class(), e.is_unavailable());
                 break;
             }
         }
@@ -176,5 +290,43 @@ async fn progress_loop(stats: Arc<Stats>, cfg: RunConfig, start: Instant, end: I
         last_replies = replies;
         last_at = now;
         next += cfg.progress_every;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(rate: f64, secs: u64) -> RateStep {
+        RateStep { rate, duration: Duration::from_secs(secs) }
+    }
+
+    #[test]
+    fn a_constant_rate_paces_linearly() {
+        let p = Pace::new(&[step(100.0, 10)]);
+        assert_eq!(p.due(0.0), 0.0);
+        assert_eq!(p.due(2.5), 250.0);
+        assert_eq!(p.time_of(250.0), 2.5);
+    }
+
+    #[test]
+    fn steps_add_up_and_invert() {
+        let p = Pace::new(&[step(100.0, 10), step(1000.0, 5), step(10.0, 10)]);
+        assert_eq!(p.due(10.0), 1000.0);
+        assert_eq!(p.due(12.0), 3000.0);
+        assert_eq!(p.due(16.0), 6010.0);
+        assert_eq!(
+            (p.step_floor(3.0), p.step_floor(12.0), p.step_floor(16.0)),
+            (0.0, 1000.0, 6000.0)
+        );
+        assert_eq!(
+            (p.step_end(3.0), p.step_end(10.0), p.step_end(16.0)),
+            (10.0, 15.0, f64::INFINITY)
+        );
+        assert_eq!((p.rate_at(-1.0), p.rate_at(12.0), p.rate_at(99.0)), (100.0, 1000.0, 10.0));
+        assert_eq!(p.due(-5.0), 0.0);
+        for m in [0.0, 999.0, 1000.0, 3000.0, 6000.0, 6050.0] {
+            assert!((p.due(p.time_of(m)) - m).abs() < 1e-6, "{m}");
+        }
     }
 }

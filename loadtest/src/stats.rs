@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use crate::agent::{Judged, Sent, Verdict};
 use crate::latency::Latency;
+use crate::outcome::{Ending, ErrorClass, Event, EventLog};
+
+/// Distinct transport-failure texts kept.
+pub const MAX_SAMPLES: usize = 20;
 
 #[derive(Debug, Default)]
 pub struct Histograms {
@@ -33,10 +37,17 @@ pub struct Stats {
     pub false_full_state: AtomicU64,
     pub missed_full_state: AtomicU64,
     pub unjudged: AtomicU64,
+    /// Unjudged replies without ReportFullState: the server had the agent's last message, so
+    /// the failed exchange before (usually) was applied although its reply was lost.
+    pub unjudged_not_asked: AtomicU64,
     pub errors: AtomicU64,
     pub unavailable: AtomicU64,
     /// A scheduled message found its agent still busy with the previous one and was skipped.
     pub busy_skips: AtomicU64,
+    /// Messages more than one heartbeat cycle late when a slot came free: dropped, not sent.
+    pub late_skips: AtomicU64,
+    /// Messages of a rate step not dispatched by the step's end: dropped, not sent in the next.
+    pub behind_at_step_end: AtomicU64,
     /// The dispatcher had to wait for an in-flight slot (the target rate is not being held).
     pub saturated_waits: AtomicU64,
     /// Worst delay between a message's scheduled time and its dispatch, in microseconds.
@@ -46,7 +57,14 @@ pub struct Stats {
     /// Agent turns running now (the semaphore cannot say: the drain holds all its permits).
     pub in_flight: AtomicU64,
     pub error_kinds: Mutex<BTreeMap<String, u64>>,
+    /// What the client said about transport failures, by text (at most [`MAX_SAMPLES`] texts).
+    pub error_samples: Mutex<BTreeMap<String, u64>>,
+    /// Errors by [`ErrorClass`], indexed by [`ErrorClass::index`].
+    pub error_classes: [AtomicU64; 4],
     pub hist: Mutex<Histograms>,
+    /// Keep every exchange in `events` (for the phase report); off by default.
+    pub record_events: bool,
+    pub events: Mutex<EventLog>,
 }
 
 impl Stats {
@@ -84,17 +102,68 @@ impl Stats {
             (Verdict::Correct, false) => return,
             (Verdict::FalseFullState, _) => &self.false_full_state,
             (Verdict::MissedFullState, _) => &self.missed_full_state,
-            (Verdict::Unjudged, _) => &self.unjudged,
+            (Verdict::Unjudged, asked) => {
+                if !asked {
+                    self.unjudged_not_asked.fetch_add(1, Ordering::Relaxed);
+                }
+                &self.unjudged
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn on_error(&self, kind: String, unavailable: bool) {
+    /// Counts a transport failure's text (the first [`MAX_SAMPLES`] distinct ones).
+    pub fn sample_error(&self, text: &str) {
+        let mut samples = self.error_samples.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = samples.get_mut(text) {
+            *n += 1;
+        } else if samples.len() < MAX_SAMPLES {
+            samples.insert(text.to_owned(), 1);
+        }
+    }
+
+    /// Counts with the event log on: every exchange is kept for the phase report.
+    pub fn recording() -> Self {
+        Self { record_events: true, ..Self::default() }
+    }
+
+    pub fn on_error(&self, kind: String, class: ErrorClass, unavailable: bool) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if unavailable {
             self.unavailable.fetch_add(1, Ordering::Relaxed);
         }
+        self.error_classes[class.index()].fetch_add(1, Ordering::Relaxed);
         *self.error_kinds.lock().unwrap_or_else(|e| e.into_inner()).entry(kind).or_default() += 1;
+    }
+
+    /// Keeps a replied exchange in the event log (when recording).
+    pub fn log_reply(&self, start_ms: u32, latency: Duration, j: &Judged) {
+        if self.record_events {
+            let ending = Ending::Reply { verdict: j.verdict, asked: j.asked_full_state };
+            self.log(start_ms, latency, |_| ending);
+        }
+    }
+
+    /// Keeps a failed exchange in the event log (when recording).
+    pub fn log_error(&self, start_ms: u32, latency: Duration, class: ErrorClass, kind: &str) {
+        if self.record_events {
+            self.log(start_ms, latency, |log| Ending::Error { class, kind: log.kind_id(kind) });
+        }
+    }
+
+    fn log(&self, start_ms: u32, latency: Duration, ending: impl FnOnce(&mut EventLog) -> Ending) {
+        let latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        let mut log = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let ending = ending(&mut log);
+        log.push(Event { start_ms, latency_us, ending });
+    }
+
+    /// Errors by class name, every class listed.
+    pub fn error_classes(&self) -> BTreeMap<String, u64> {
+        ErrorClass::ALL
+            .iter()
+            .map(|c| (c.as_str().to_owned(), Self::get(&self.error_classes[c.index()])))
+            .collect()
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

@@ -14,18 +14,24 @@ use reqwest::Url;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::outcome::ErrorClass;
+
 /// Why an exchange produced no reply body to judge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExchangeError {
     Timeout,
     Connect,
-    /// A non-200 HTTP status.
-    Status(u16),
+    /// A non-200 HTTP status; `retry_after`: the reply carried a `Retry-After` header.
+    Status {
+        code: u16,
+        retry_after: bool,
+    },
     /// 200 without `Content-Type: application/x-protobuf`.
     ContentType,
     /// The WebSocket connection carrying this agent is gone.
     Closed,
-    Other,
+    /// Any other transport failure (reset, closed mid-exchange); the client's words.
+    Other(String),
 }
 
 impl ExchangeError {
@@ -33,16 +39,31 @@ impl ExchangeError {
         match self {
             ExchangeError::Timeout => "timeout".into(),
             ExchangeError::Connect => "connect".into(),
-            ExchangeError::Status(code) => format!("http_{code}"),
+            ExchangeError::Status { code, .. } => format!("http_{code}"),
             ExchangeError::ContentType => "content_type".into(),
             ExchangeError::Closed => "ws_closed".into(),
-            ExchangeError::Other => "transport".into(),
+            ExchangeError::Other(_) => "transport".into(),
         }
     }
 
     /// 503/429 are the server's overload signal (it is shedding load, not failing).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, ExchangeError::Status(503 | 429))
+        matches!(self, ExchangeError::Status { code: 503 | 429, .. })
+    }
+
+    /// Which class of failure this is, for the fault and overload accounting.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ExchangeError::Status { code: 503 | 429, retry_after: true } => ErrorClass::RetryAfter,
+            // What a load balancer answers when it could not get a reply from any backend.
+            ExchangeError::Status { code: 502..=504, retry_after: false } => ErrorClass::Gateway,
+            ExchangeError::Status { .. } | ExchangeError::ContentType => ErrorClass::Other,
+            // No HTTP reply at all: refused, reset, closed mid-exchange or timed out.
+            ExchangeError::Timeout
+            | ExchangeError::Connect
+            | ExchangeError::Closed
+            | ExchangeError::Other(_) => ErrorClass::Connection,
+        }
     }
 }
 
@@ -111,6 +132,7 @@ impl HttpTransport {
             .await
             .map_err(classify)?;
         let status = resp.status().as_u16();
+        let retry_after = resp.headers().contains_key(reqwest::header::RETRY_AFTER);
         let protobuf = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -119,7 +141,7 @@ impl HttpTransport {
         // Read the body even on errors so the connection returns to the pool.
         let bytes = resp.bytes().await.map_err(classify)?;
         if status != 200 {
-            return Err(ExchangeError::Status(status));
+            return Err(ExchangeError::Status { code: status, retry_after });
         }
         if !protobuf {
             return Err(ExchangeError::ContentType);
@@ -134,7 +156,15 @@ fn classify(err: reqwest::Error) -> ExchangeError {
     } else if err.is_connect() {
         ExchangeError::Connect
     } else {
-        ExchangeError::Other
+        // the whole chain: hyper's reason ("connection closed before message completed") is in it
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        ExchangeError::Other(text)
     }
 }
 
@@ -254,4 +284,33 @@ impl WsTransport {
 /// The maps are only touched in short, non-async sections; a poisoned lock still holds valid data.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_classed_by_what_the_agent_may_conclude() {
+        let status = |code, retry_after| ExchangeError::Status { code, retry_after };
+        for (e, want) in [
+            (status(503, true), ErrorClass::RetryAfter),
+            (status(429, true), ErrorClass::RetryAfter),
+            (status(503, false), ErrorClass::Gateway),
+            (status(502, false), ErrorClass::Gateway),
+            (status(504, false), ErrorClass::Gateway),
+            (status(502, true), ErrorClass::Other),
+            (status(500, false), ErrorClass::Other),
+            (status(400, false), ErrorClass::Other),
+            (ExchangeError::ContentType, ErrorClass::Other),
+            (ExchangeError::Timeout, ErrorClass::Connection),
+            (ExchangeError::Connect, ErrorClass::Connection),
+            (ExchangeError::Closed, ErrorClass::Connection),
+            (ExchangeError::Other("reset".into()), ErrorClass::Connection),
+        ] {
+            assert_eq!(e.class(), want, "{e:?}");
+        }
+        assert_eq!(status(503, true).kind(), "http_503");
+        assert!(status(429, false).is_unavailable());
+    }
 }

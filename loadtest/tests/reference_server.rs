@@ -1,6 +1,8 @@
 //! End-to-end check of the loadtest's accounting against a tiny in-test OpAMP server on
 //! 127.0.0.1:0: a server that follows the drift rules scores 0 false / 0 missed, and servers with
-//! fleet-server's known bugs (never asking, always asking) are caught.
+//! fleet-server's known bugs (never asking, always asking) are caught. The same server answers
+//! `GET /api/agents` like opampd's admin API, so the stored-seq check is run against it, and a
+//! server that acknowledges writes it does not keep is caught by that check.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,7 @@ use opamp_proto::{Message, server_caps, server_flags};
 use opampd_loadtest::config::RunConfig;
 use opampd_loadtest::runner;
 use opampd_loadtest::transport::{HttpTransport, Transport};
+use opampd_loadtest::verify;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,6 +22,8 @@ enum Behaviour {
     Correct,
     NeverAsks,
     AlwaysAsks,
+    /// Correct replies, but every write after an agent's seq 2 is acknowledged and dropped.
+    ForgetsWrites,
 }
 
 type Store = Arc<Mutex<HashMap<Vec<u8>, u64>>>;
@@ -30,9 +35,12 @@ fn decide(store: &Store, msg: &AgentToServer, behaviour: Behaviour) -> bool {
         Some(&stored) => msg.sequence_num != stored + 1,
         None => !full,
     };
-    s.insert(msg.instance_uid.to_vec(), msg.sequence_num);
+    let keep = !matches!(behaviour, Behaviour::ForgetsWrites) || msg.sequence_num <= 2;
+    if keep {
+        s.insert(msg.instance_uid.to_vec(), msg.sequence_num);
+    }
     match behaviour {
-        Behaviour::Correct => ask,
+        Behaviour::Correct | Behaviour::ForgetsWrites => ask,
         Behaviour::NeverAsks => false,
         Behaviour::AlwaysAsks => true,
     }
@@ -53,6 +61,18 @@ async fn serve_conn(mut sock: TcpStream, store: Store, behaviour: Behaviour) {
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        if head.starts_with("get /api/agents") {
+            buf.drain(..head_end);
+            let body = agents_json(&store);
+            let out = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if sock.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let len: usize = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -86,6 +106,19 @@ async fn serve_conn(mut sock: TcpStream, store: Store, behaviour: Behaviour) {
     }
 }
 
+/// The admin listing, all in one page.
+fn agents_json(store: &Store) -> String {
+    let s = store.lock().unwrap();
+    let agents: Vec<_> = s
+        .iter()
+        .map(|(uid, seq)| {
+            let uid = opamp_proto::InstanceUid::from_bytes(uid.as_slice().try_into().unwrap());
+            serde_json::json!({"instance_uid": uid.to_string(), "sequence_num": seq})
+        })
+        .collect();
+    serde_json::json!({"agents": agents, "next_cursor": null}).to_string()
+}
+
 async fn run_against(behaviour: Behaviour) -> opampd_loadtest::report::Summary {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -97,6 +130,7 @@ async fn run_against(behaviour: Behaviour) -> opampd_loadtest::report::Summary {
         }
     });
     let url = format!("http://{addr}/v1/opamp").parse().unwrap();
+    let admin = format!("http://{addr}").parse().unwrap();
     let transport =
         Transport::Http(HttpTransport::new(url, 8, Duration::from_secs(5), None).unwrap());
     let cfg = RunConfig {
@@ -110,8 +144,13 @@ async fn run_against(behaviour: Behaviour) -> opampd_loadtest::report::Summary {
         max_followups: 2,
         progress_every: Duration::from_secs(60),
         drain_timeout: Duration::from_secs(5),
+        steps: Vec::new(),
+        record_events: true,
     };
-    let summary = runner::run(cfg, Arc::new(transport)).await;
+    let outcome = runner::run_recorded(cfg, Arc::new(transport)).await;
+    let mut summary = outcome.summary;
+    assert_eq!(outcome.events.events.len() as u64, summary.replies_ok + summary.errors);
+    summary.verify = Some(verify::verify(&[admin], &outcome.agents).await);
     server.abort();
     summary
 }
@@ -129,7 +168,19 @@ async fn correct_server_scores_zero_false_and_zero_missed() {
     assert_eq!(s.expected_requests_honoured, s.injected, "{s}");
     // Each request is answered at once with a full status (but none is started after the end).
     assert!(s.followups <= s.injected && s.followups + 8 >= s.injected, "{s}");
+    let v = s.verify.as_ref().unwrap();
+    assert_eq!((v.agents, v.matched, v.acknowledged_lost), (50, 50, 0), "{s}");
+    assert!(v.listed >= 50 && v.error.is_none(), "{s}");
     assert!(s.failures(0.0).is_empty(), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_that_loses_acknowledged_writes_is_caught() {
+    let s = run_against(Behaviour::ForgetsWrites).await;
+    let v = s.verify.as_ref().unwrap();
+    assert_eq!(v.acknowledged_lost, 50, "{s}");
+    assert_eq!(v.lost["other"], 50, "{s}");
+    assert!(s.failures(0.0).iter().any(|f| f.contains("acknowledged writes lost")), "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
