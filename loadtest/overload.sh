@@ -4,10 +4,11 @@
 #   (1) capacity (after a 30 s es-ceiling warm-up of the fresh node): opampd-loadtest offers far more than the box can do (OVERLOAD_PROBE_RATE) with
 #       fewer requests in flight than --max-in-flight, so nothing is shed: what it achieves after
 #       its warm-up is the measured capacity C;
-#   (2) one run, one fleet, a rate schedule (`--rate-steps`): OVERLOAD_BASE x C until every agent
-#       enrolled, then for OVERLOAD_BASE_SECS (baseline); OVERLOAD_FACTOR x C for OVERLOAD_SECS
-#       (overload); OVERLOAD_BASE x C again: OVERLOAD_DRAIN_SECS (drain: the requests already
-#       sent finish, 503s still allowed), one heartbeat cycle (after-first-cycle), then
+#   (2) one run, one fleet, a rate schedule (`--rate-steps`): OVERLOAD_ENROLL x C until every
+#       agent enrolled (enroll), OVERLOAD_BASE x C for OVERLOAD_BASE_SECS (baseline);
+#       OVERLOAD_FACTOR x C for OVERLOAD_SECS (overload); OVERLOAD_BASE x C again: for
+#       OVERLOAD_RECOVERY_SECS plus one heartbeat cycle (recovering: the requests already sent
+#       finish, and the agents whose messages were shed send their full state), then for
 #       OVERLOAD_AFTER_SECS (after). Up to OVERLOAD_CLIENT_IN_FLIGHT requests are in flight, so
 #       the excess meets opampd's limit.
 # opampd's resident memory is sampled every second (/proc/PID/status VmRSS) and its high-water
@@ -15,8 +16,8 @@
 # checked against the last acknowledged one (`--verify-admin`).
 #
 # Pass (correctness, must hold on any box): the overload phase really shed load (503s); overload
-# and drain errors are only 503 + Retry-After; baseline, after-first-cycle and after have no error
-# and no false ReportFullState; no phase a missed one; 0 acknowledged writes lost; opampd's peak
+# and recovering errors are only 503 + Retry-After; enroll, baseline and after have no error and
+# no false ReportFullState; no phase a missed one; 0 acknowledged writes lost; opampd's peak
 # RSS in the overload stays within OVERLOAD_RSS_GROWTH_MIB of the baseline's and does not grow
 # from its first half to its second. Reported, indicative on a shared box: each phase's p99,
 # the 503s' latency (client side, and opampd's own), the admitted msg/s, when the last 503 came.
@@ -29,8 +30,8 @@
 # the shared 9250/9260 nodes), OVERLOAD_PORT (4380, admin +1), OVERLOAD_AGENTS (20000),
 # OVERLOAD_ES_WARMUP_SECS (30), OVERLOAD_PROBE_RATE (30000), OVERLOAD_PROBE_SECS (40; the first
 # half is warm-up),
-# OVERLOAD_FACTOR (2), OVERLOAD_BASE (0.5), OVERLOAD_BASE_SECS (30), OVERLOAD_SECS (60),
-# OVERLOAD_DRAIN_SECS (5), OVERLOAD_AFTER_SECS (20),
+# OVERLOAD_FACTOR (2), OVERLOAD_ENROLL (0.25), OVERLOAD_BASE (0.4), OVERLOAD_BASE_SECS (30),
+# OVERLOAD_SECS (60), OVERLOAD_RECOVERY_SECS (5), OVERLOAD_AFTER_SECS (20),
 # OVERLOAD_CLIENT_IN_FLIGHT (4000), OVERLOAD_RSS_GROWTH_MIB (256), OVERLOAD_MAX_SECS (1500),
 # OVERLOAD_KEEP_ES=1 (leave the ES node running), OVERLOAD_OPAMPD_ARGS (extra opampd flags),
 # BENCH_OUT, BENCH_FROM_HEAD, CARGO_TARGET_DIR (see bench-lib.sh).
@@ -48,10 +49,11 @@ OVERLOAD_PROBE_RATE=${OVERLOAD_PROBE_RATE:-30000}
 OVERLOAD_PROBE_SECS=${OVERLOAD_PROBE_SECS:-40}
 OVERLOAD_ES_WARMUP_SECS=${OVERLOAD_ES_WARMUP_SECS:-30}
 OVERLOAD_FACTOR=${OVERLOAD_FACTOR:-2}
-OVERLOAD_BASE=${OVERLOAD_BASE:-0.5}
+OVERLOAD_ENROLL=${OVERLOAD_ENROLL:-0.25}
+OVERLOAD_BASE=${OVERLOAD_BASE:-0.4}
 OVERLOAD_BASE_SECS=${OVERLOAD_BASE_SECS:-30}
 OVERLOAD_SECS=${OVERLOAD_SECS:-60}
-OVERLOAD_DRAIN_SECS=${OVERLOAD_DRAIN_SECS:-5}
+OVERLOAD_RECOVERY_SECS=${OVERLOAD_RECOVERY_SECS:-5}
 OVERLOAD_AFTER_SECS=${OVERLOAD_AFTER_SECS:-20}
 OVERLOAD_CLIENT_IN_FLIGHT=${OVERLOAD_CLIENT_IN_FLIGHT:-4000}
 OVERLOAD_RSS_GROWTH_MIB=${OVERLOAD_RSS_GROWTH_MIB:-256}
@@ -124,22 +126,26 @@ CAPACITY=$(jq '.achieved_rate | floor' "$BENCH_OUT/probe.json")
 PROBE_ERRORS=$(jq .errors "$BENCH_OUT/probe.json")
 [ "$CAPACITY" -gt 0 ] || { log "the capacity probe achieved nothing"; exit 1; }
 BASE_RATE=$(awk -v c="$CAPACITY" -v f="$OVERLOAD_BASE" 'BEGIN { printf "%d", c * f }')
+ENROLL_RATE=$(awk -v c="$CAPACITY" -v f="$OVERLOAD_ENROLL" 'BEGIN { printf "%d", c * f }')
 OVER_RATE=$(awk -v c="$CAPACITY" -v f="$OVERLOAD_FACTOR" 'BEGIN { printf "%d", c * f }')
-log "capacity $CAPACITY msg/s (probe errors: $PROBE_ERRORS); baseline $BASE_RATE msg/s, overload $OVER_RATE msg/s"
+log "capacity $CAPACITY msg/s (probe errors: $PROBE_ERRORS); enroll $ENROLL_RATE, baseline $BASE_RATE, overload $OVER_RATE msg/s"
 HWM_BEFORE_RUN=$(rss_kib VmHWM)
 
 # (2) enrollment, baseline, overload, after: one fleet, one run. The enrollment (every agent's
 # first full status) gets a phase of its own so the baseline is heartbeats as the overload is.
-# When the load drops, the requests the generator already sent (up to its in-flight limit) still
-# meet a full server until they are done: the drain phase. Then every agent whose message was
-# shed is asked for its full state at its next turn (its sequence moved on past a message the
-# server never applied): the first heartbeat cycle carries those full statuses on top of the
-# normal rate, so it is a phase of its own (after-first-cycle), judged as normal.
+# Enrollment (every agent's first full status: a create) costs more than a heartbeat, so it runs
+# slower. When the load drops, the requests the generator already sent (up to its in-flight
+# limit) still meet a full server until they are done, and every agent whose message was shed
+# is asked for its full state at its next turn (its sequence moved on past a message the server
+# never applied): the first heartbeat cycle carries those full statuses on top of the normal
+# rate. That is the recovering phase (OVERLOAD_RECOVERY_SECS + one cycle), judged as overload:
+# 503 + Retry-After only; how long its last 503 came after the drop is reported.
 CYCLE_SECS=$(awk -v a="$OVERLOAD_AGENTS" -v r="$BASE_RATE" 'BEGIN { printf "%d", a / r + 1 }')
-ENROLL_SECS=$((CYCLE_SECS + 5))
-STEPS="$BASE_RATE:$ENROLL_SECS:normal:enroll,$BASE_RATE:$OVERLOAD_BASE_SECS:normal:baseline"
-STEPS="$STEPS,$OVER_RATE:$OVERLOAD_SECS:overload:overload,$BASE_RATE:$OVERLOAD_DRAIN_SECS:overload:drain"
-STEPS="$STEPS,$BASE_RATE:$CYCLE_SECS:normal:after-first-cycle,$BASE_RATE:$OVERLOAD_AFTER_SECS:normal:after"
+ENROLL_SECS=$(awk -v a="$OVERLOAD_AGENTS" -v r="$ENROLL_RATE" 'BEGIN { printf "%d", a / r + 6 }')
+RECOVERING_SECS=$((OVERLOAD_RECOVERY_SECS + CYCLE_SECS))
+STEPS="$ENROLL_RATE:$ENROLL_SECS:normal:enroll,$BASE_RATE:$OVERLOAD_BASE_SECS:normal:baseline"
+STEPS="$STEPS,$OVER_RATE:$OVERLOAD_SECS:overload:overload"
+STEPS="$STEPS,$BASE_RATE:$RECOVERING_SECS:overload:recovering,$BASE_RATE:$OVERLOAD_AFTER_SECS:normal:after"
 curl -fsS --max-time 5 "$ADMIN_URL/metrics" >"$BENCH_OUT/metrics-before.txt" 2>/dev/null || true
 log "(2) $OVERLOAD_AGENTS new agents, --rate-steps $STEPS, up to $OVERLOAD_CLIENT_IN_FLIGHT in flight"
 T0=$(now_ms)
@@ -161,7 +167,7 @@ metric() {
 B_START=$((T0 + ENROLL_SECS * 1000))
 B_END=$((B_START + OVERLOAD_BASE_SECS * 1000))
 O_END=$((B_END + OVERLOAD_SECS * 1000))
-A_END=$((O_END + (OVERLOAD_DRAIN_SECS + CYCLE_SECS + OVERLOAD_AFTER_SECS) * 1000))
+A_END=$((O_END + (RECOVERING_SECS + OVERLOAD_AFTER_SECS) * 1000))
 peak() { awk -v a="$1" -v b="$2" '$1 >= a && $1 < b && $2 > m { m = $2 } END { printf "%d", m }' "$BENCH_OUT/rss.txt"; }
 O_MID=$(((B_END + O_END) / 2))
 RSS_BASE=$(peak "$B_START" "$B_END"); RSS_AFTER=$(peak "$O_END" "$A_END")
@@ -196,7 +202,7 @@ jq -n --slurpfile r "$RUN" --slurpfile p "$BENCH_OUT/probe.json" --argjson cap "
     checks: {
       overloaded: (($by.overload.error_classes.retry_after // 0) > 0),
       overload_errors_only_503_retry_after: (($by.overload.errors // 1) == ($by.overload.error_classes.retry_after // -1)),
-      baseline_and_after_clean: ([$by.baseline, $by["after-first-cycle"], $by.after]
+      normal_phases_clean: ([$by.enroll, $by.baseline, $by.after]
         | all(. != null and .errors == 0 and .false_full_state == 0)),
       no_missed_full_state: ($r.missed_full_state == 0),
       no_acknowledged_write_lost: ($r.verify.acknowledged_lost == 0 and $r.verify.error == null),
@@ -205,9 +211,10 @@ jq -n --slurpfile r "$RUN" --slurpfile p "$BENCH_OUT/probe.json" --argjson cap "
       memory_flat: (($ro - $rb) / 1024 <= $growth and ($ro2 - $ro1) / 1024 <= 16) },
     indicative: {
       p99_ms: { baseline: $by.baseline.latency.p99_ms, overload: $by.overload.latency.p99_ms,
-        drain: $by.drain.latency.p99_ms, after_first_cycle: $by["after-first-cycle"].latency.p99_ms,
+        recovering: $by.recovering.latency.p99_ms,
         after: $by.after.latency.p99_ms },
-      last_503_after_the_drop_s: $by.drain.last_error_s,
+      last_503_after_the_drop_s: $by.recovering.last_error_s,
+      "503s_after_the_drop": $by.recovering.errors,
       admitted_per_s_in_overload: $by.overload.replies_per_s, offered_per_s_in_overload: $by.overload.offered_per_s,
       "503_latency_ms": { p50: $by.overload.error_latency.p50_ms, p99: $by.overload.error_latency.p99_ms,
         max: $by.overload.error_latency.max_ms } },
