@@ -19,7 +19,7 @@
 # on a pass and 1 otherwise, and stops everything it started (the watchdog ends it after
 # CHAOS_MAX_SECS whatever happens). Loopback only.
 #
-#   loadtest/chaos.sh                          # ~6 min with the build and the ES start
+#   loadtest/chaos.sh                          # ~7 min once built (the ES start included)
 #   CHAOS_AGENTS=10000 loadtest/chaos.sh       # a lighter fleet
 #
 # Needs: haproxy (apt-get install -y haproxy), jq, curl, root (scripts/elasticsearch.sh).

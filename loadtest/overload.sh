@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Overload test (issue 9, point 5). One opampd on its own Elasticsearch node, default limits
 # (`--max-in-flight 1024`, `--es-write-queue 20000`):
-#   (1) capacity (after a 30 s es-ceiling warm-up of the fresh node): opampd-loadtest offers far more than the box can do (OVERLOAD_PROBE_RATE) with
-#       fewer requests in flight than --max-in-flight, so nothing is shed: what it achieves after
-#       its warm-up is the measured capacity C;
+#   (1) capacity, after a 30 s es-ceiling warm-up of the fresh node: opampd-loadtest offers far
+#       more than the box can do (OVERLOAD_PROBE_RATE) with fewer requests in flight than
+#       --max-in-flight, so nothing is shed: what it achieves after its warm-up is the capacity C;
 #   (2) one run, one fleet, a rate schedule (`--rate-steps`): OVERLOAD_ENROLL x C until every
 #       agent enrolled (enroll), OVERLOAD_BASE x C for OVERLOAD_BASE_SECS (baseline);
 #       OVERLOAD_FACTOR x C for OVERLOAD_SECS (overload); OVERLOAD_BASE x C again: for
@@ -24,13 +24,12 @@
 # Prints a per-phase table and one JSON summary line ($BENCH_OUT/summary.json); exits 0 on a pass.
 # Stops everything it started (watchdog: OVERLOAD_MAX_SECS). Loopback only.
 #
-#   loadtest/overload.sh                 # ~5 min with the build and the ES start
+#   loadtest/overload.sh                 # ~6 min once built (the ES start included)
 #
 # Needs: jq, curl, root (scripts/elasticsearch.sh). Env (defaults): OVERLOAD_ES_PORT (9280; never
 # the shared 9250/9260 nodes), OVERLOAD_PORT (4380, admin +1), OVERLOAD_AGENTS (20000),
 # OVERLOAD_ES_WARMUP_SECS (30), OVERLOAD_PROBE_RATE (30000), OVERLOAD_PROBE_SECS (40; the first
-# half is warm-up),
-# OVERLOAD_FACTOR (2), OVERLOAD_ENROLL (0.25), OVERLOAD_BASE (0.4), OVERLOAD_BASE_SECS (30),
+# half is warm-up), OVERLOAD_FACTOR (2), OVERLOAD_ENROLL (0.25), OVERLOAD_BASE (0.4), OVERLOAD_BASE_SECS (30),
 # OVERLOAD_SECS (60), OVERLOAD_RECOVERY_SECS (5), OVERLOAD_AFTER_SECS (20),
 # OVERLOAD_CLIENT_IN_FLIGHT (4000), OVERLOAD_RSS_GROWTH_MIB (256), OVERLOAD_MAX_SECS (1500),
 # OVERLOAD_KEEP_ES=1 (leave the ES node running), OVERLOAD_OPAMPD_ARGS (extra opampd flags),
@@ -131,10 +130,9 @@ OVER_RATE=$(awk -v c="$CAPACITY" -v f="$OVERLOAD_FACTOR" 'BEGIN { printf "%d", c
 log "capacity $CAPACITY msg/s (probe errors: $PROBE_ERRORS); enroll $ENROLL_RATE, baseline $BASE_RATE, overload $OVER_RATE msg/s"
 HWM_BEFORE_RUN=$(rss_kib VmHWM)
 
-# (2) enrollment, baseline, overload, after: one fleet, one run. The enrollment (every agent's
-# first full status) gets a phase of its own so the baseline is heartbeats as the overload is.
-# Enrollment (every agent's first full status: a create) costs more than a heartbeat, so it runs
-# slower. When the load drops, the requests the generator already sent (up to its in-flight
+# (2) enroll, baseline, overload, recovering, after: one fleet, one run. The enrollment (every
+# agent's first full status: a create) gets a phase of its own, so the baseline is heartbeats as
+# the overload is, and runs slower: a create costs more than a heartbeat. When the load drops, the requests the generator already sent (up to its in-flight
 # limit) still meet a full server until they are done, and every agent whose message was shed
 # is asked for its full state at its next turn (its sequence moved on past a message the server
 # never applied): the first heartbeat cycle carries those full statuses on top of the normal
