@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use arbitrary::{Result, Unstructured};
 use opamp_core::redact::redact_effective_config;
+use opamp_core::remote_config::{DesiredConfig, OfferedConfig};
 use opamp_core::{AgentRecord, AgentStatus, Enrollment, UnenrollReason, Unenrolled};
 use opamp_proto::v1::{self, any_value};
 use opamp_proto::{Bytes, InstanceUid, agent_caps, agent_flags};
@@ -364,6 +365,11 @@ pub fn agent_record(u: &mut Unstructured<'_>) -> Result<AgentRecord> {
         custom_capabilities: some(u, custom_capabilities)?.map(Arc::new),
         available_components: some(u, available_components)?.map(Arc::new),
         connection_settings_status: some(u, connection_settings_status)?.map(Arc::new),
+        desired_config: some(u, |u| {
+            Ok(DesiredConfig { name: string(u)?, hash: u.arbitrary()? })
+        })?
+        .map(Arc::new),
+        offered_config: some(u, |u| Ok(OfferedConfig { hash: u.arbitrary()?, at: timestamp(u)? }))?,
     })
 }
 

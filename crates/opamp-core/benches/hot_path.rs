@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use opamp_core::{AgentRecord, ServerConfig, merge, process, validate};
+use opamp_core::{AgentRecord, Remote, ServerConfig, merge, process, validate};
 use opamp_proto::agent_caps as caps;
 use opamp_proto::v1::{
     AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer, AnyValue, ComponentHealth,
@@ -143,6 +143,7 @@ fn handle(body: &Bytes, stored: &AgentRecord, config: &ServerConfig) -> Vec<u8> 
         None,
         || InstanceUid::from_bytes([1; 16]),
         config,
+        Remote::NONE,
     )
     .expect("without an enrollment nothing is refused");
     black_box(&p.record);

@@ -9,6 +9,7 @@ mod drift;
 mod merge;
 mod record;
 pub mod redact;
+pub mod remote_config;
 mod response;
 
 pub use drift::{FullStateReason, full_state_reason, has_full_status};
@@ -17,7 +18,8 @@ pub use record::{
     AgentRecord, AgentStatus, DEFAULT_OFFLINE_AFTER_MS, Enrollment, Timestamp, UnenrollReason,
     Unenrolled,
 };
+pub use remote_config::{ConfigSet, RemoteConfigOutcome};
 pub use response::{
-    DEFAULT_SERVER_CAPABILITIES, Processed, Refusal, ServerConfig, bad_request, process,
+    DEFAULT_SERVER_CAPABILITIES, Processed, Refusal, Remote, ServerConfig, bad_request, process,
     unavailable, validate,
 };

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use opamp_proto::InstanceUid;
 use opamp_proto::v1;
 
+use crate::remote_config::{DesiredConfig, OfferedConfig};
+
 /// Milliseconds since the Unix epoch. The caller reads the clock; the core only compares.
 pub type Timestamp = u64;
 
@@ -103,6 +105,11 @@ pub struct AgentRecord {
     pub custom_capabilities: Option<Arc<v1::CustomCapabilities>>,
     pub available_components: Option<Arc<v1::AvailableComponents>>,
     pub connection_settings_status: Option<Arc<v1::ConnectionSettingsStatus>>,
+    /// The remote config this agent should run, as of its last message (`None` when it does
+    /// not accept remote config or no config matches it).
+    pub desired_config: Option<Arc<DesiredConfig>>,
+    /// The config hash last sent to this agent: a hash is sent once.
+    pub offered_config: Option<OfferedConfig>,
 }
 
 impl AgentRecord {
@@ -126,6 +133,8 @@ impl AgentRecord {
             custom_capabilities: None,
             available_components: None,
             connection_settings_status: None,
+            desired_config: None,
+            offered_config: None,
         }
     }
 

@@ -11,11 +11,13 @@ use opamp_proto::{Bytes, InstanceUid, agent_flags, server_caps, server_flags};
 use crate::drift::{FullStateReason, full_state_reason};
 use crate::merge::merge;
 use crate::record::{AgentRecord, Enrollment, Timestamp};
+use crate::remote_config::{self, ConfigSet, RemoteConfig, RemoteConfigOutcome};
 
-/// What opampd accepts today. Offers (remote config, packages, connection settings) are only
-/// advertised once the server can make them.
-pub const DEFAULT_SERVER_CAPABILITIES: u64 =
-    server_caps::ACCEPTS_STATUS | server_caps::ACCEPTS_EFFECTIVE_CONFIG;
+/// What opampd accepts and offers. Offers it cannot make (packages, connection settings) are
+/// not advertised.
+pub const DEFAULT_SERVER_CAPABILITIES: u64 = server_caps::ACCEPTS_STATUS
+    | server_caps::OFFERS_REMOTE_CONFIG
+    | server_caps::ACCEPTS_EFFECTIVE_CONFIG;
 
 /// Server-side settings the reply depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,31 @@ pub struct Processed {
     pub response: ServerToAgent,
     /// Set when the reply asks for the full state, naming the drift rule that fired.
     pub report_full_state: Option<FullStateReason>,
+    /// What happened to remote configuration: a config sent, a config newly failed.
+    pub remote_config: RemoteConfigOutcome,
+}
+
+/// The remote configuration a message is decided against: the configs in force, and the
+/// rollout's say on a send that is otherwise due (`permit`, asked at most once per call).
+#[derive(Clone, Copy)]
+pub struct Remote<'a> {
+    pub configs: &'a ConfigSet,
+    pub permit: &'a dyn Fn(&RemoteConfig) -> bool,
+}
+
+impl Remote<'static> {
+    /// No remote configuration at all.
+    pub const NONE: Remote<'static> = Remote { configs: &ConfigSet::EMPTY, permit: &always };
+}
+
+fn always(_: &RemoteConfig) -> bool {
+    true
+}
+
+impl std::fmt::Debug for Remote<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("configs", &self.configs.len()).finish_non_exhaustive()
+    }
 }
 
 /// Why a message is refused whatever its content.
@@ -58,6 +85,11 @@ pub fn validate(msg: &AgentToServer) -> Result<InstanceUid, String> {
 /// authentication): a new agent, or one enrolled before authentication was on, is bound to its
 /// policy; a known agent of another policy is refused. `new_uid` is used only when the agent
 /// sets `RequestInstanceUid`; the caller draws it so the core stays deterministic.
+///
+/// `remote` decides remote configuration (see [`remote_config`]): an agent that accepts it is
+/// sent its config when it has neither reported nor been sent that hash, and not in a reply
+/// that asks for the full state (its reported hash is not known then).
+#[allow(clippy::too_many_arguments)]
 pub fn process(
     stored: Option<AgentRecord>,
     uid: InstanceUid,
@@ -66,6 +98,7 @@ pub fn process(
     enrollment: Option<&Arc<Enrollment>>,
     new_uid: impl FnOnce() -> InstanceUid,
     config: &ServerConfig,
+    remote: Remote<'_>,
 ) -> Result<Processed, Refusal> {
     if let (Some(bound), Some(presented)) =
         (stored.as_ref().and_then(|s| s.enrollment.as_deref()), enrollment)
@@ -77,10 +110,19 @@ pub fn process(
         });
     }
     let report_full_state = full_state_reason(stored.as_ref(), msg);
+    let stored_status = stored.as_ref().and_then(|s| s.remote_config_status.clone());
     let mut record = merge(stored, uid, msg, now);
     if record.enrollment.is_none() {
         record.enrollment = enrollment.cloned();
     }
+    let (send, remote_config) = remote_config::decide(
+        &mut record,
+        stored_status.as_deref(),
+        remote.configs,
+        now,
+        report_full_state.is_some(),
+        remote.permit,
+    );
     let mut response = ServerToAgent {
         instance_uid: msg.instance_uid.clone(),
         // AcceptsStatus is mandatory on every reply of a stateless server, so a config that
@@ -91,11 +133,12 @@ pub fn process(
     if report_full_state.is_some() {
         response.flags |= server_flags::REPORT_FULL_STATE;
     }
+    response.remote_config = send.map(|c| c.message().clone());
     if msg.flags & agent_flags::REQUEST_INSTANCE_UID != 0 {
         response.agent_identification =
             Some(AgentIdentification { new_instance_uid: new_uid().as_bytes().to_vec().into() });
     }
-    Ok(Processed { record, response, report_full_state })
+    Ok(Processed { record, response, report_full_state, remote_config })
 }
 
 /// A BadRequest reply: the agent must not retry. Nothing but `instance_uid` accompanies it.

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use opamp_core::redact::redact_effective_config;
+use opamp_core::remote_config::{ConfigHash, DesiredConfig, OfferedConfig};
 use opamp_core::{AgentRecord, AgentStatus, Enrollment, UnenrollReason, Unenrolled};
 use opamp_proto::InstanceUid;
 use opamp_proto::v1;
@@ -22,7 +23,11 @@ use crate::StoreError;
 ///   included: [`decode`] redacts them on the way in, so they never come out of the store raw
 ///   (and the next write stores them redacted).
 /// - 2: adds the enrollment (tag 16) and the unenrollment mark (tags 17, 18); effective-config
-///   bodies are the redacted JSON text of `opamp_core::redact`.
+///   bodies are the redacted JSON text of `opamp_core::redact`. Later additions that an older
+///   reader may safely skip keep this number (so instances of two releases can share a store
+///   during a rolling upgrade): the desired remote config (tag 19) and the offered one (tag 20);
+///   an older instance drops them when it rewrites the record, which at worst sends a config once
+///   more.
 pub const SCHEMA_VERSION: u32 = 2;
 
 /// The oldest layout [`decode`] still reads.
@@ -69,6 +74,45 @@ struct StoredAgent {
     unenrolled_reason: u32,
     #[prost(uint64, tag = "18")]
     unenrolled_at: u64,
+    #[prost(message, optional, tag = "19")]
+    desired_config: Option<StoredDesired>,
+    #[prost(message, optional, tag = "20")]
+    offered_config: Option<StoredOffered>,
+}
+
+/// The remote config an agent should run (name and content hash).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredDesired {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(bytes = "vec", tag = "2")]
+    hash: Vec<u8>,
+}
+
+/// The config hash last sent to an agent, and when.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredOffered {
+    #[prost(bytes = "vec", tag = "1")]
+    hash: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    at: u64,
+}
+
+impl StoredDesired {
+    fn from_core(d: &DesiredConfig) -> Self {
+        Self { name: d.name.clone(), hash: d.hash.to_vec() }
+    }
+}
+
+impl StoredOffered {
+    fn from_core(o: &OfferedConfig) -> Self {
+        Self { hash: o.hash.to_vec(), at: o.at }
+    }
+}
+
+fn config_hash(bytes: &[u8]) -> Result<ConfigHash, StoreError> {
+    ConfigHash::try_from(bytes)
+        .map_err(|_| StoreError::Corrupt(format!("stored config hash of {} bytes", bytes.len())))
 }
 
 /// The policy binding of an agent (never a key's secret).
@@ -179,6 +223,12 @@ pub fn encode(record: &AgentRecord) -> Vec<u8> {
         uint32::encode(17, &unenroll_code(u.reason), &mut buf);
         scalar(18, u.at, &mut buf);
     }
+    if let Some(d) = &record.desired_config {
+        message::encode(19, &StoredDesired::from_core(d), &mut buf);
+    }
+    if let Some(o) = &record.offered_config {
+        message::encode(20, &StoredOffered::from_core(o), &mut buf);
+    }
     buf
 }
 
@@ -203,6 +253,14 @@ pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
             StoreError::Corrupt(format!("unknown unenroll reason {}", stored.unenrolled_reason))
         })?
         .map(|reason| Unenrolled { reason, at: stored.unenrolled_at });
+    let desired_config = match stored.desired_config {
+        Some(d) => Some(Arc::new(DesiredConfig { hash: config_hash(&d.hash)?, name: d.name })),
+        None => None,
+    };
+    let offered_config = match stored.offered_config {
+        Some(o) => Some(OfferedConfig { hash: config_hash(&o.hash)?, at: o.at }),
+        None => None,
+    };
     let effective_config = match stored.effective_config {
         // written before bodies were redacted: redact now, the raw body never leaves the store
         Some(config) if stored.schema_version < 2 => Some(redact_effective_config(&config)),
@@ -226,6 +284,8 @@ pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
         custom_capabilities: stored.custom_capabilities.map(Arc::new),
         available_components: stored.available_components.map(Arc::new),
         connection_settings_status: stored.connection_settings_status.map(Arc::new),
+        desired_config,
+        offered_config,
     })
 }
 
@@ -255,6 +315,8 @@ mod tests {
             enrollment: record.enrollment.as_deref().map(StoredEnrollment::from_core),
             unenrolled_reason: record.unenrolled.map_or(0, |u| unenroll_code(u.reason)),
             unenrolled_at: record.unenrolled.map_or(0, |u| u.at),
+            desired_config: record.desired_config.as_deref().map(StoredDesired::from_core),
+            offered_config: record.offered_config.as_ref().map(StoredOffered::from_core),
         }
         .encode_to_vec()
     }

@@ -330,6 +330,14 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
             status: v1::ConnectionSettingsStatuses::Applied as i32,
             error_message: String::new(),
         })),
+        desired_config: Some(Arc::new(opamp_core::remote_config::DesiredConfig {
+            name: "collectors-ü".to_owned(),
+            hash: [7u8; 32],
+        })),
+        offered_config: Some(opamp_core::remote_config::OfferedConfig {
+            hash: [8u8; 32],
+            at: 1_700_000_060_500,
+        }),
     }
 }
 

@@ -14,6 +14,7 @@ use opamp_proto::InstanceUid;
 
 pub mod cache;
 pub mod codec;
+pub mod configs;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod elasticsearch;
@@ -23,6 +24,7 @@ mod secret;
 #[cfg(any(test, feature = "conformance"))]
 pub mod secured_cluster;
 
+pub use configs::{ConfigStore, RolloutCounts, StoredConfig, VersionedConfig};
 pub use secret::Secret;
 
 /// The version a record was read at. Opaque to callers: they hand it back to [`AgentStore::put`].
@@ -112,3 +114,10 @@ pub trait AgentStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<AgentRecord>, StoreError>;
 }
+
+/// A backend keeping everything opampd stores: agents and remote configs. Every backend (and
+/// the cache over one) is one; opampd hands it around as `Arc<dyn Backend>` and upcasts to the
+/// trait a component needs.
+pub trait Backend: AgentStore + ConfigStore {}
+
+impl<T: AgentStore + ConfigStore> Backend for T {}

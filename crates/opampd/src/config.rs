@@ -107,6 +107,12 @@ pub struct Cli {
     #[arg(long, env = "OPAMPD_ES_CA_CERT")]
     pub es_ca_cert: Option<PathBuf>,
 
+    /// Elasticsearch index of the remote configs (default: the agent index's name followed by
+    /// `-opampd-configs`, e.g. `.fleet-agents-opampd-configs`, which fleet-server's service
+    /// account may create and write).
+    #[arg(long, env = "OPAMPD_ES_CONFIG_INDEX")]
+    pub es_config_index: Option<String>,
+
     /// Elasticsearch index of fleet's enrollment API keys (read by --auth elasticsearch).
     #[arg(long, env = "OPAMPD_ES_ENROLLMENT_INDEX", default_value = es::DEFAULT_ENROLLMENT_INDEX)]
     pub es_enrollment_index: String,
@@ -171,6 +177,16 @@ pub struct Cli {
         default_value_t = Wait(Duration::from_millis(DEFAULT_OFFLINE_AFTER_MS))
     )]
     pub offline_after: Wait,
+
+    /// How often the remote configs are checked for changes made elsewhere (another instance,
+    /// the store directly), e.g. 2s; at most 5s. Changes made through this instance's admin API
+    /// are in force at once.
+    #[arg(
+        long,
+        env = "OPAMPD_CONFIG_REFRESH",
+        default_value_t = Wait(crate::configs::DEFAULT_REFRESH)
+    )]
+    pub config_refresh: Wait,
 
     /// Time in-flight requests get to finish after SIGTERM/SIGINT, e.g. 25s.
     #[arg(long, env = "OPAMPD_SHUTDOWN_GRACE", default_value = "25s")]
@@ -332,6 +348,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_in_flight: usize,
     pub offline_after: Duration,
+    /// How often remote configs are checked for changes.
+    pub config_refresh: Duration,
     pub shutdown_grace: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
@@ -391,6 +409,11 @@ impl Cli {
         if self.offline_after.0.is_zero() {
             return Err(invalid("--offline-after must be positive"));
         }
+        if self.config_refresh.0 < Duration::from_millis(100)
+            || self.config_refresh.0 > Duration::from_secs(5)
+        {
+            return Err(invalid("--config-refresh must be between 100ms and 5s"));
+        }
         if self.request_timeout.0.is_zero() {
             return Err(invalid("--request-timeout must be positive"));
         }
@@ -431,6 +454,7 @@ impl Cli {
             max_message_bytes,
             max_in_flight: self.max_in_flight,
             offline_after: self.offline_after.0,
+            config_refresh: self.config_refresh.0,
             shutdown_grace: self.shutdown_grace.0,
             request_timeout: self.request_timeout.0,
             idle_timeout: self.idle_timeout.0,
@@ -491,6 +515,7 @@ impl Cli {
         let mut es = EsConfig::new(url);
         es.index.clone_from(&self.es_index);
         es.enrollment_index.clone_from(&self.es_enrollment_index);
+        es.config_index.clone_from(&self.es_config_index);
         es.auth = self.es_auth()?;
         if let Some(path) = &self.es_ca_cert {
             let pem = std::fs::read(path)

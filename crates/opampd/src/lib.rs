@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod configs;
 pub mod error;
 pub mod http;
 pub mod server;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opamp_core::ServerConfig;
-use opamp_store::AgentStore;
+use opamp_store::Backend;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -73,12 +74,14 @@ const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
 /// Builds the handler state for `config` over `store`, with the agent key checker `config`
 /// asks for (on the store's Elasticsearch settings).
-pub fn app_state(config: &Config, store: Arc<dyn AgentStore>) -> Result<AppState, RunError> {
+pub fn app_state(config: &Config, store: Arc<dyn Backend>) -> Result<AppState, RunError> {
     // the recorder exists before the key checker registers its series
     let metrics = telemetry::metrics_handle();
     let auth = auth::from_config(config).map_err(RunError::Auth)?;
+    let clock = service::system_clock();
+    let configs = configs::Configs::new(store.clone(), clock.clone(), config.config_refresh);
     Ok(AppState {
-        service: OpampService::new(store, ServerConfig::default(), service::system_clock()),
+        service: OpampService::new(store, configs, ServerConfig::default(), clock),
         limits: Limits {
             max_message_bytes: config.max_message_bytes,
             request_timeout: config.request_timeout,
@@ -99,7 +102,7 @@ pub fn app_state(config: &Config, store: Arc<dyn AgentStore>) -> Result<AppState
 /// loaded here; [`run_with_tls`] takes a loaded one instead, to keep a handle for reloads.
 pub async fn run(
     config: &Config,
-    store: Arc<dyn AgentStore>,
+    store: Arc<dyn Backend>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
@@ -115,7 +118,7 @@ pub async fn run(
 /// are also checked for changes every [`tls::WATCH_INTERVAL`].
 pub async fn run_with_tls(
     config: &Config,
-    store: Arc<dyn AgentStore>,
+    store: Arc<dyn Backend>,
     listeners: Listeners,
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send,
@@ -153,6 +156,10 @@ pub async fn run_with_tls(
         ADMIN_GRACE,
     ));
     let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone()));
+    let (stop_configs, mut stop_configs_rx) = watch::channel(false);
+    let configs = tokio::spawn(state.service.configs().clone().run(async move {
+        let _ = stop_configs_rx.changed().await;
+    }));
 
     shutdown.await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
@@ -164,6 +171,8 @@ pub async fn run_with_tls(
     let _ = stop_admin.send(true);
     let _ = admin.await;
     upkeep.abort();
+    let _ = stop_configs.send(true);
+    let _ = configs.await;
     if let Some(watcher) = tls_watch {
         watcher.abort();
     }

@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use opamp_core::{Enrollment, Refusal, ServerConfig, Timestamp};
+use opamp_core::{Enrollment, Refusal, Remote, ServerConfig, Timestamp};
 use opamp_proto::v1::{AgentToServer, ServerToAgent};
 use opamp_proto::{InstanceUid, Message};
 use opamp_store::{AgentStore, Precondition, StoreError};
 
+use crate::configs::Configs;
 use crate::error::RequestError;
 use crate::telemetry;
 
@@ -37,6 +38,7 @@ pub fn system_clock() -> Clock {
 #[derive(Clone)]
 pub struct OpampService {
     store: Arc<dyn AgentStore>,
+    configs: Configs,
     server: ServerConfig,
     clock: Clock,
 }
@@ -51,12 +53,22 @@ impl fmt::Debug for OpampService {
 }
 
 impl OpampService {
-    pub fn new(store: Arc<dyn AgentStore>, server: ServerConfig, clock: Clock) -> Self {
-        Self { store, server, clock }
+    pub fn new(
+        store: Arc<dyn AgentStore>,
+        configs: Configs,
+        server: ServerConfig,
+        clock: Clock,
+    ) -> Self {
+        Self { store, configs, server, clock }
     }
 
     pub fn store(&self) -> &Arc<dyn AgentStore> {
         &self.store
+    }
+
+    /// The remote configs of this instance.
+    pub fn configs(&self) -> &Configs {
+        &self.configs
     }
 
     pub fn now(&self) -> Timestamp {
@@ -89,6 +101,8 @@ impl OpampService {
         enrollment: Option<&Arc<Enrollment>>,
     ) -> Result<ServerToAgent, RequestError> {
         let uid = opamp_core::validate(msg).map_err(RequestError::BadRequest)?;
+        let configs = self.configs.snapshot();
+        let permit = |c: &opamp_core::remote_config::RemoteConfig| self.configs.permit(c);
         for attempt in 1..=MAX_CAS_ATTEMPTS {
             let stored = self.store.get(uid).await.map_err(|e| store_failure(uid, "get", e))?;
             let (stored, precondition) = match stored {
@@ -103,17 +117,37 @@ impl OpampService {
                 enrollment,
                 InstanceUid::new_v7,
                 &self.server,
+                Remote { configs: &configs, permit: &permit },
             )
             .map_err(|refusal| refused(uid, refusal))?;
-            match self.store.put(&processed.record, precondition).await {
+            let put = self.store.put(&processed.record, precondition).await;
+            let remote = processed.remote_config;
+            if put.is_err()
+                && remote.sent.is_some()
+                && let Some(desired) = &processed.record.desired_config
+            {
+                // the send did not happen: its rollout slot is free again
+                self.configs.return_slot(desired);
+            }
+            match put {
                 Ok(_) => {
                     if let Some(reason) = processed.report_full_state {
                         telemetry::record_full_state(reason);
+                    }
+                    if remote.sent.is_some() {
+                        metrics::counter!(telemetry::REMOTE_CONFIG_SENT_TOTAL).increment(1);
+                    }
+                    if let Some(failed) = remote.newly_failed
+                        && let Some(desired) = &processed.record.desired_config
+                        && desired.hash == failed
+                    {
+                        self.configs.record_failure(desired).await;
                     }
                     tracing::debug!(
                         instance_uid = %uid,
                         sequence_num = msg.sequence_num,
                         report_full_state = processed.report_full_state.map(|r| r.as_str()),
+                        remote_config_sent = remote.sent.is_some(),
                         attempt,
                         "message applied"
                     );

@@ -1,5 +1,5 @@
 //! Opening and closing the configured agent store. The only place opampd names a concrete
-//! backend; every other module sees `Arc<dyn AgentStore>`.
+//! backend; every other module sees `Arc<dyn Backend>` (agents and remote configs).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use opamp_store::cache::CachedStore;
 use opamp_store::elasticsearch::ElasticsearchStore;
 use opamp_store::embedded::EmbeddedStore;
-use opamp_store::{AgentStore, StoreError};
+use opamp_store::{AgentStore, Backend, StoreError};
 
 use crate::config::{Config, StoreConfig};
 
@@ -59,7 +59,7 @@ impl Store {
     }
 
     /// A shared handle for the server.
-    pub fn shared(&self) -> Arc<dyn AgentStore> {
+    pub fn shared(&self) -> Arc<dyn Backend> {
         match self {
             Self::Embedded(s) => s.clone(),
             Self::Elasticsearch(s) => s.clone(),

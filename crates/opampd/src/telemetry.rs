@@ -23,6 +23,11 @@ pub const WS_REJECTED_TOTAL: &str = "opampd_ws_rejected_total";
 pub const AUTH_TOTAL: &str = "opampd_auth_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "opampd_tls_handshake_failures_total";
 pub const TLS_RELOADS_TOTAL: &str = "opampd_tls_reloads_total";
+pub const REMOTE_CONFIGS: &str = "opampd_remote_configs";
+pub const REMOTE_CONFIG_SENT_TOTAL: &str = "opampd_remote_config_sent_total";
+pub const REMOTE_CONFIG_FAILED_TOTAL: &str = "opampd_remote_config_failed_total";
+pub const REMOTE_CONFIG_HELD_TOTAL: &str = "opampd_remote_config_held_total";
+pub const CONFIG_REFRESH_FAILURES_TOTAL: &str = "opampd_config_refresh_failures_total";
 
 /// Every metric of this crate, with its help text.
 pub const METRICS: &[Metric] = &[
@@ -70,6 +75,32 @@ pub const METRICS: &[Metric] = &[
         kind: Kind::Counter,
         help: "re-reads of the TLS certificate files, by result (ok, error: the previous \
                certificate stays in use)",
+    },
+    Metric {
+        name: REMOTE_CONFIGS,
+        kind: Kind::Gauge,
+        help: "remote configs in force on this instance (as of its last refresh)",
+    },
+    Metric {
+        name: REMOTE_CONFIG_SENT_TOTAL,
+        kind: Kind::Counter,
+        help: "replies that carried a remote config (each one a hash an agent had not had)",
+    },
+    Metric {
+        name: REMOTE_CONFIG_FAILED_TOTAL,
+        kind: Kind::Counter,
+        help: "agents that newly reported FAILED for their desired remote config",
+    },
+    Metric {
+        name: REMOTE_CONFIG_HELD_TOTAL,
+        kind: Kind::Counter,
+        help: "remote config sends held back by a rollout's pacing (the agent gets it on a \
+               later message)",
+    },
+    Metric {
+        name: CONFIG_REFRESH_FAILURES_TOTAL,
+        kind: Kind::Counter,
+        help: "reads of the config store that failed (the configs last read stay in force)",
     },
 ];
 
@@ -310,7 +341,16 @@ fn register_all() {
     for result in TLS_RELOAD_RESULTS {
         register(metric(TLS_RELOADS_TOTAL), &[("result", result)]);
     }
-    for name in [CAS_RETRIES_TOTAL, IN_FLIGHT, WS_SESSIONS] {
+    for name in [
+        CAS_RETRIES_TOTAL,
+        IN_FLIGHT,
+        WS_SESSIONS,
+        REMOTE_CONFIGS,
+        REMOTE_CONFIG_SENT_TOTAL,
+        REMOTE_CONFIG_FAILED_TOTAL,
+        REMOTE_CONFIG_HELD_TOTAL,
+        CONFIG_REFRESH_FAILURES_TOTAL,
+    ] {
         register(metric(name), &[]);
     }
 }

@@ -7,4 +7,5 @@ mod garbage;
 mod merge;
 mod process;
 mod redact;
+mod remote_config;
 mod support;

@@ -3,8 +3,8 @@
 use std::cell::Cell;
 
 use opamp_core::{
-    AgentStatus, DEFAULT_SERVER_CAPABILITIES, Enrollment, FullStateReason, Refusal, ServerConfig,
-    UnenrollReason, Unenrolled, bad_request, merge, process, unavailable, validate,
+    AgentStatus, DEFAULT_SERVER_CAPABILITIES, Enrollment, FullStateReason, Refusal, Remote,
+    ServerConfig, UnenrollReason, Unenrolled, bad_request, merge, process, unavailable, validate,
 };
 use opamp_proto::v1::{
     AgentToServer, RetryInfo, ServerErrorResponseType, ServerToAgent,
@@ -21,9 +21,17 @@ const REQUIRED_CAPS: u64 = server_caps::ACCEPTS_STATUS | server_caps::ACCEPTS_EF
 #[test]
 fn reply_flags_follow_the_drift_table_and_echo_the_uid_with_capabilities() {
     for c in cases() {
-        let p =
-            process(c.stored.clone(), UID, &c.msg, NOW, None, || FRESH, &ServerConfig::default())
-                .expect("without an enrollment nothing is refused");
+        let p = process(
+            c.stored.clone(),
+            UID,
+            &c.msg,
+            NOW,
+            None,
+            || FRESH,
+            &ServerConfig::default(),
+            Remote::NONE,
+        )
+        .expect("without an enrollment nothing is refused");
         let flagged = p.response.flags & server_flags::REPORT_FULL_STATE != 0;
         assert_eq!(flagged, c.want.is_some(), "{}: flag", c.name);
         assert_eq!(p.report_full_state, c.want, "{}: report_full_state", c.name);
@@ -39,9 +47,17 @@ fn reply_flags_follow_the_drift_table_and_echo_the_uid_with_capabilities() {
 fn decision_is_made_against_the_state_before_the_merge() {
     // After merging seq 6 the stored seq is 6; deciding after the merge would call 6 a duplicate.
     let stored = populated_record(5, AgentStatus::Online);
-    let p =
-        process(Some(stored), UID, &heartbeat(6), NOW, None, || FRESH, &ServerConfig::default())
-            .expect("without an enrollment nothing is refused");
+    let p = process(
+        Some(stored),
+        UID,
+        &heartbeat(6),
+        NOW,
+        None,
+        || FRESH,
+        &ServerConfig::default(),
+        Remote::NONE,
+    )
+    .expect("without an enrollment nothing is refused");
     assert_eq!(p.report_full_state, None);
     assert_eq!(p.record.sequence_num, 6);
 }
@@ -49,9 +65,17 @@ fn decision_is_made_against_the_state_before_the_merge() {
 #[test]
 fn reply_carries_only_uid_and_capabilities_when_nothing_is_asked() {
     let stored = populated_record(5, AgentStatus::Online);
-    let p =
-        process(Some(stored), UID, &heartbeat(6), NOW, None, || FRESH, &ServerConfig::default())
-            .expect("without an enrollment nothing is refused");
+    let p = process(
+        Some(stored),
+        UID,
+        &heartbeat(6),
+        NOW,
+        None,
+        || FRESH,
+        &ServerConfig::default(),
+        Remote::NONE,
+    )
+    .expect("without an enrollment nothing is refused");
     let want = ServerToAgent {
         instance_uid: Bytes::copy_from_slice(UID.as_bytes()),
         capabilities: DEFAULT_SERVER_CAPABILITIES,
@@ -69,12 +93,12 @@ fn default_capabilities_accept_status_and_effective_config() {
 #[test]
 fn configured_capabilities_are_sent_and_accepts_status_is_never_dropped() {
     let extra = ServerConfig { capabilities: REQUIRED_CAPS | server_caps::OFFERS_REMOTE_CONFIG };
-    let p = process(None, UID, &full(1), NOW, None, || FRESH, &extra)
+    let p = process(None, UID, &full(1), NOW, None, || FRESH, &extra, Remote::NONE)
         .expect("without an enrollment nothing is refused");
     assert_eq!(p.response.capabilities, extra.capabilities);
 
     let forgetful = ServerConfig { capabilities: 0 };
-    let p = process(None, UID, &full(1), NOW, None, || FRESH, &forgetful)
+    let p = process(None, UID, &full(1), NOW, None, || FRESH, &forgetful, Remote::NONE)
         .expect("without an enrollment nothing is refused");
     assert_eq!(p.response.capabilities, server_caps::ACCEPTS_STATUS);
 }
@@ -95,6 +119,7 @@ fn requested_instance_uid_comes_from_the_supplied_closure_once() {
             FRESH
         },
         &ServerConfig::default(),
+        Remote::NONE,
     )
     .expect("without an enrollment nothing is refused");
     assert_eq!(calls.get(), 1);
@@ -124,6 +149,7 @@ fn instance_uid_is_not_drawn_unless_requested() {
                 FRESH
             },
             &ServerConfig::default(),
+            Remote::NONE,
         )
         .expect("without an enrollment nothing is refused");
         assert_eq!(calls.get(), 0, "flags {flags:#x}");
@@ -135,7 +161,7 @@ fn instance_uid_is_not_drawn_unless_requested() {
 fn requested_uid_and_full_state_can_be_asked_together() {
     let mut msg = heartbeat(1);
     msg.flags = agent_flags::REQUEST_INSTANCE_UID;
-    let p = process(None, UID, &msg, NOW, None, || FRESH, &ServerConfig::default())
+    let p = process(None, UID, &msg, NOW, None, || FRESH, &ServerConfig::default(), Remote::NONE)
         .expect("without an enrollment nothing is refused");
     assert_eq!(p.report_full_state, Some(FullStateReason::NewAgent));
     assert!(p.response.agent_identification.is_some());
@@ -217,26 +243,46 @@ fn enrollment_binds_the_policy_and_a_key_of_another_policy_is_refused() {
     let cfg = ServerConfig::default();
     let a = enrollment("key-a", "policy-1");
     // a new agent is bound to the policy of the key it authenticated with
-    let p = process(None, UID, &full(1), NOW, Some(&a), || FRESH, &cfg).expect("new agent");
+    let p = process(None, UID, &full(1), NOW, Some(&a), || FRESH, &cfg, Remote::NONE)
+        .expect("new agent");
     assert_eq!(p.record.enrollment.as_ref(), Some(&a));
     let stored = p.record;
 
     // another key of the same policy (a rotated key): accepted, the binding stays as it was
     let rotated = enrollment("key-b", "policy-1");
-    let p = process(Some(stored.clone()), UID, &heartbeat(2), NOW, Some(&rotated), || FRESH, &cfg)
-        .expect("same policy");
+    let p = process(
+        Some(stored.clone()),
+        UID,
+        &heartbeat(2),
+        NOW,
+        Some(&rotated),
+        || FRESH,
+        &cfg,
+        Remote::NONE,
+    )
+    .expect("same policy");
     assert_eq!(p.record.enrollment.as_ref(), Some(&a));
 
     // a key of another policy: refused, whatever the message
     let other = enrollment("key-c", "policy-2");
-    let refused = process(Some(stored.clone()), UID, &full(2), NOW, Some(&other), || FRESH, &cfg);
+    let refused = process(
+        Some(stored.clone()),
+        UID,
+        &full(2),
+        NOW,
+        Some(&other),
+        || FRESH,
+        &cfg,
+        Remote::NONE,
+    );
     assert_eq!(
         refused,
         Err(Refusal::PolicyMismatch { enrolled: "policy-1".into(), presented: "policy-2".into() })
     );
 
     // without agent authentication the binding is neither checked nor changed
-    let p = process(Some(stored), UID, &heartbeat(2), NOW, None, || FRESH, &cfg).expect("no auth");
+    let p = process(Some(stored), UID, &heartbeat(2), NOW, None, || FRESH, &cfg, Remote::NONE)
+        .expect("no auth");
     assert_eq!(p.record.enrollment.as_ref(), Some(&a));
 }
 
@@ -246,7 +292,8 @@ fn an_agent_enrolled_before_authentication_adopts_its_first_key() {
     let stored = populated_record(5, AgentStatus::Online);
     assert_eq!(stored.enrollment, None);
     let a = enrollment("key-a", "policy-1");
-    let p = process(Some(stored), UID, &heartbeat(6), NOW, Some(&a), || FRESH, &cfg).unwrap();
+    let p = process(Some(stored), UID, &heartbeat(6), NOW, Some(&a), || FRESH, &cfg, Remote::NONE)
+        .unwrap();
     assert_eq!(p.record.enrollment.as_ref(), Some(&a));
 }
 
@@ -256,12 +303,14 @@ fn a_request_for_a_new_uid_marks_the_old_record_reenrolled_until_it_reports_agai
     let mut msg = heartbeat(6);
     msg.flags = agent_flags::REQUEST_INSTANCE_UID;
     let stored = populated_record(5, AgentStatus::Online);
-    let p = process(Some(stored), UID, &msg, NOW, None, || FRESH, &cfg).unwrap();
+    let p = process(Some(stored), UID, &msg, NOW, None, || FRESH, &cfg, Remote::NONE).unwrap();
     assert_eq!(
         p.record.unenrolled,
         Some(Unenrolled { reason: UnenrollReason::Reenrolled, at: NOW })
     );
     assert_eq!(p.record.unenrolled.unwrap().reason.as_str(), "reenrolled");
-    let p = process(Some(p.record), UID, &heartbeat(7), NOW + 1, None, || FRESH, &cfg).unwrap();
+    let p =
+        process(Some(p.record), UID, &heartbeat(7), NOW + 1, None, || FRESH, &cfg, Remote::NONE)
+            .unwrap();
     assert_eq!(p.record.unenrolled, None, "reporting under the old uid again clears the mark");
 }

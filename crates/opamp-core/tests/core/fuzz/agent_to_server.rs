@@ -12,7 +12,7 @@ use std::sync::Arc;
 use fuzz_support::arb::scrub_nan;
 use opamp_core::redact::{redact_effective_config, redacted_json};
 use opamp_core::{
-    AgentRecord, AgentStatus, Enrollment, FullStateReason, Refusal, ServerConfig,
+    AgentRecord, AgentStatus, Enrollment, FullStateReason, Refusal, Remote, ServerConfig,
     full_state_reason, process, validate,
 };
 use opamp_proto::v1::{AgentDescription, AgentToServer, ComponentHealth, ServerToAgent};
@@ -82,8 +82,16 @@ pub fn check_process(
 ) -> Option<AgentRecord> {
     let want_reason = full_state_reason(stored.as_ref(), msg);
     let bound = stored.as_ref().and_then(|s| s.enrollment.clone());
-    let result =
-        process(stored.clone(), uid, msg, now, enrollment, || NEW_UID, &ServerConfig::default());
+    let result = process(
+        stored.clone(),
+        uid,
+        msg,
+        now,
+        enrollment,
+        || NEW_UID,
+        &ServerConfig::default(),
+        Remote::NONE,
+    );
     let p = match (bound.as_deref(), enrollment) {
         (Some(b), Some(e)) if b.policy_id != e.policy_id => {
             let want = Refusal::PolicyMismatch {
@@ -196,9 +204,17 @@ fn check_next_messages(
         Some(rule(skipped.sequence_num)),
         "a skipped sequence number"
     );
-    let p =
-        process(Some(r.clone()), uid, &next, now, enrollment, || NEW_UID, &ServerConfig::default())
-            .expect("the agent's own next message is not refused");
+    let p = process(
+        Some(r.clone()),
+        uid,
+        &next,
+        now,
+        enrollment,
+        || NEW_UID,
+        &ServerConfig::default(),
+        Remote::NONE,
+    )
+    .expect("the agent's own next message is not refused");
     let after = &p.record;
     assert_eq!(after.agent_description, r.agent_description);
     assert_eq!(after.health, r.health);

@@ -19,8 +19,11 @@ use serde_json::{Map, Value, json};
 
 use crate::state::AppState;
 
+pub mod configs;
+
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(configs::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -38,6 +41,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     match state.service.store().ready().await {
+        Ok(()) if !state.service.configs().loaded() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "remote configs not loaded yet").into_response()
+        }
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "store not ready");
@@ -144,6 +150,7 @@ pub fn record_json(r: &AgentRecord, now: u64, offline_after_ms: u64) -> Value {
         })),
         "health": r.health.as_deref().map(health),
         "effective_config": r.effective_config.as_ref().map(|c| config_map(c.config_map.as_ref())),
+        "remote_config": remote_config(r),
         "remote_config_status": r.remote_config_status.as_ref().map(|s| json!({
             "last_remote_config_hash": hex(&s.last_remote_config_hash),
             "status": s.status,
@@ -165,6 +172,30 @@ pub fn record_json(r: &AgentRecord, now: u64, offline_after_ms: u64) -> Value {
             "error_message": s.error_message,
         })),
     })
+}
+
+/// The desired config next to what was sent and what the agent reports.
+fn remote_config(r: &AgentRecord) -> Value {
+    let reported = r.remote_config_status.as_deref();
+    json!({
+        "desired_name": r.desired_config.as_ref().map(|d| d.name.clone()),
+        "desired_hash": r.desired_config.as_ref().map(|d| hex(&d.hash)),
+        "offered_hash": r.offered_config.map(|o| hex(&o.hash)),
+        "offered_at_ms": r.offered_config.map(|o| o.at),
+        "reported_hash": reported.map(|s| hex(&s.last_remote_config_hash)),
+        "status": reported.map(|s| remote_status_name(s.status)),
+        "error_message": reported.map(|s| s.error_message.clone()).filter(|m| !m.is_empty()),
+    })
+}
+
+fn remote_status_name(status: i32) -> &'static str {
+    use opamp_proto::v1::RemoteConfigStatuses as S;
+    match S::try_from(status) {
+        Ok(S::Applied) => "applied",
+        Ok(S::Applying) => "applying",
+        Ok(S::Failed) => "failed",
+        Ok(S::Unset) | Err(_) => "unset",
+    }
 }
 
 fn health(h: &ComponentHealth) -> Value {
