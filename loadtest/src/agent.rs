@@ -1,6 +1,7 @@
 //! One simulated agent: builds its next `AgentToServer` (full status or compressed heartbeat,
 //! optionally with a deliberate sequence drift) and judges the server's reply against what the
-//! OpAMP drift rules demand. Pure: no I/O and no clock reads (time is a parameter).
+//! OpAMP drift rules demand; an agent that accepts remote config also reports its status (see
+//! [`crate::remote_config`]). Pure: no I/O and no clock reads (time is a parameter).
 
 use std::collections::HashMap;
 
@@ -11,6 +12,7 @@ use opamp_proto::v1::{
 use opamp_proto::{InstanceUid, Message, agent_caps, server_caps, server_flags};
 
 use crate::outcome::ErrorClass;
+use crate::remote_config::{self, RemoteConfigAgent};
 
 /// What every simulated agent declares: a status-reporting collector with health, effective
 /// config and heartbeats, the common real-world profile.
@@ -18,6 +20,10 @@ pub const AGENT_CAPS: u64 = agent_caps::REPORTS_STATUS
     | agent_caps::REPORTS_EFFECTIVE_CONFIG
     | agent_caps::REPORTS_HEALTH
     | agent_caps::REPORTS_HEARTBEAT;
+
+/// What an agent that accepts remote config (`--remote-config-agents`) declares on top.
+pub const REMOTE_CONFIG_CAPS: u64 =
+    agent_caps::ACCEPTS_REMOTE_CONFIG | agent_caps::REPORTS_REMOTE_CONFIG;
 
 /// A deliberate sequence-number fault; each one obliges the server to ask for the full state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,10 +161,12 @@ pub struct AckView {
 }
 
 /// A valid reply, judged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Judged {
     pub asked_full_state: bool,
     pub verdict: Verdict,
+    /// What the reply meant for remote config (a receipt, an acknowledged final status).
+    pub remote_config: remote_config::Events,
 }
 
 /// A simulated agent's protocol state. The server's view is tracked conservatively: after any
@@ -181,6 +189,9 @@ pub struct Agent {
     acked: Option<u64>,
     unacked: Option<SeqRange>,
     older_unacked: Option<SeqRange>,
+    /// `Some` when the agent accepts remote config (boxed: most agents of a run may not, and
+    /// a run may hold millions).
+    remote: Option<Box<RemoteConfigAgent>>,
 }
 
 impl Agent {
@@ -195,7 +206,23 @@ impl Agent {
             acked: None,
             unacked: None,
             older_unacked: None,
+            remote: None,
         }
+    }
+
+    /// The same agent accepting remote config; which receipts it fails is drawn from `seed`.
+    pub fn accepting_remote_config(mut self, seed: u64, fail_rate: f64) -> Self {
+        self.remote = Some(Box::new(RemoteConfigAgent::new(seed, self.index, fail_rate)));
+        self
+    }
+
+    pub fn accepts_remote_config(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The capabilities every message declares.
+    pub fn capabilities(&self) -> u64 {
+        if self.remote.is_some() { AGENT_CAPS | REMOTE_CONFIG_CAPS } else { AGENT_CAPS }
     }
 
     /// What this agent knows of its stored state, for the end-of-run check.
@@ -253,7 +280,10 @@ impl Agent {
             Expect::Unknown
         };
         self.last_sent = Some(seq);
-        let msg = if full { self.full_status(seq, now_unix_nano) } else { self.heartbeat(seq) };
+        let mut msg = if full { self.full_status(seq, now_unix_nano) } else { self.heartbeat(seq) };
+        // A status change is ordinary state the message carries: it changes nothing of what the
+        // drift rules expect, which depend on the sequence alone.
+        msg.remote_config_status = self.remote.as_mut().and_then(|r| r.status_for_message(full));
         (Sent { seq, full, injection, expect }, msg.encode_to_vec())
     }
 
@@ -288,12 +318,24 @@ impl Agent {
         }
         // Real agents answer the flag with a full status at once, false alarm or not.
         self.owe_full = asked;
-        Ok(Judged { asked_full_state: asked, verdict })
+        let completion = self.remote.as_mut().and_then(|r| r.on_ack());
+        let receipt = reply.remote_config.map(|rc| {
+            let receipt = match self.remote.as_mut() {
+                Some(r) => r.on_receipt(rc.config_hash.clone()),
+                None => remote_config::Receipt::Unexpected,
+            };
+            (receipt, rc.config_hash)
+        });
+        let remote_config = remote_config::Events { receipt, completion };
+        Ok(Judged { asked_full_state: asked, verdict, remote_config })
     }
 
     /// The exchange failed (transport error, non-200, or a bad reply): the server may or may not
     /// have applied the message, so stop judging until the next good reply.
     pub fn on_error(&mut self, sent: &Sent) {
+        if let Some(r) = self.remote.as_mut() {
+            r.on_error();
+        }
         self.in_sync = false;
         self.unacked = Some(SeqRange::widen(self.unacked, sent.seq));
         if sent.full {
@@ -314,7 +356,7 @@ impl Agent {
         AgentToServer {
             instance_uid: self.uid.as_bytes().to_vec().into(),
             sequence_num: seq,
-            capabilities: AGENT_CAPS,
+            capabilities: self.capabilities(),
             ..Default::default()
         }
     }
@@ -377,7 +419,10 @@ fn kv(key: &str, value: &str) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opamp_proto::v1::{AgentToServer as A2S, ServerErrorResponse};
+    use crate::remote_config::{Completion, Events, Receipt};
+    use opamp_proto::v1::{
+        AgentRemoteConfig, AgentToServer as A2S, RemoteConfigStatuses, ServerErrorResponse,
+    };
 
     fn agent() -> Agent {
         Agent::new(InstanceUid::from_bytes([7; 16]), 3)
@@ -566,6 +611,131 @@ mod tests {
             (Some(6), None, Some(SeqRange { lo: 3, hi: 5 }))
         );
         assert_eq!(v.uid, *a.uid());
+    }
+
+    fn with_config(uid: &InstanceUid, flags: u64, hash: u8) -> Vec<u8> {
+        ServerToAgent {
+            instance_uid: uid.as_bytes().to_vec().into(),
+            flags,
+            capabilities: server_caps::ACCEPTS_STATUS | server_caps::OFFERS_REMOTE_CONFIG,
+            remote_config: Some(AgentRemoteConfig {
+                config: Some(AgentConfigMap::default()),
+                config_hash: vec![hash; 32].into(),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn status(body: &[u8]) -> Option<(Vec<u8>, i32)> {
+        let m = A2S::decode(body).unwrap();
+        m.remote_config_status.map(|s| (s.last_remote_config_hash.to_vec(), s.status))
+    }
+
+    const APPLYING: i32 = RemoteConfigStatuses::Applying as i32;
+    const APPLIED: i32 = RemoteConfigStatuses::Applied as i32;
+
+    #[test]
+    fn an_accepting_agent_declares_it_and_reports_a_receipt_applying_then_applied() {
+        let mut a = agent().accepting_remote_config(1, 0.0);
+        let uid = *a.uid();
+        let (s0, body) = a.next_message(Injection::None, 1);
+        let m = A2S::decode(&body[..]).unwrap();
+        assert_eq!(m.capabilities, AGENT_CAPS | REMOTE_CONFIG_CAPS);
+        // a full report of a ReportsRemoteConfig agent is only complete with the status
+        assert_eq!(status(&body), Some((vec![], RemoteConfigStatuses::Unset as i32)));
+        let j = a.on_reply(&s0, &with_config(&uid, 0, 1)).unwrap();
+        assert_eq!(j.verdict, Verdict::Correct);
+        assert_eq!(j.remote_config.receipt, Some((Receipt::New, vec![1; 32].into())));
+        let (s1, body) = a.next_message(Injection::None, 2);
+        assert_eq!(A2S::decode(&body[..]).unwrap().capabilities, AGENT_CAPS | REMOTE_CONFIG_CAPS);
+        assert_eq!(status(&body), Some((vec![1; 32], APPLYING)));
+        assert_eq!(ok(&mut a, &s1).remote_config, Events::default());
+        let (s2, body) = a.next_message(Injection::None, 3);
+        assert_eq!(status(&body), Some((vec![1; 32], APPLIED)));
+        let done = ok(&mut a, &s2).remote_config.completion;
+        assert_eq!(done, Some(Completion { hash: vec![1; 32].into(), failed: false }));
+        let (_, body) = a.next_message(Injection::None, 4);
+        assert_eq!(status(&body), None);
+    }
+
+    #[test]
+    fn a_status_change_is_not_drift() {
+        // in order with a new status: asking is a false alarm, not asking is correct
+        for (flags, want) in
+            [(0, Verdict::Correct), (server_flags::REPORT_FULL_STATE, Verdict::FalseFullState)]
+        {
+            let mut a = agent().accepting_remote_config(1, 0.0);
+            let uid = *a.uid();
+            let (s0, _) = a.next_message(Injection::None, 1);
+            a.on_reply(&s0, &with_config(&uid, 0, 1)).unwrap();
+            let (s1, body) = a.next_message(Injection::None, 2);
+            assert_eq!(
+                (s1.expect, status(&body)),
+                (Expect::DoNotAsk, Some((vec![1; 32], APPLYING)))
+            );
+            assert_eq!(a.on_reply(&s1, &reply(&uid, flags)).unwrap().verdict, want);
+        }
+    }
+
+    #[test]
+    fn a_full_report_asked_for_carries_the_current_status() {
+        let mut a = agent().accepting_remote_config(1, 0.0);
+        let uid = *a.uid();
+        let (s0, _) = a.next_message(Injection::None, 1);
+        a.on_reply(&s0, &with_config(&uid, 0, 2)).unwrap();
+        let (s1, _) = a.next_message(Injection::None, 1);
+        ok(&mut a, &s1);
+        let (s2, body) = a.next_message(Injection::None, 1);
+        assert_eq!(status(&body), Some((vec![2; 32], APPLIED)));
+        assert!(ok(&mut a, &s2).remote_config.completion.is_some());
+        let (gap, body) = a.next_message(Injection::Gap, 1);
+        assert_eq!(status(&body), None);
+        asked(&mut a, &gap);
+        let (full, body) = a.next_message(Injection::None, 1);
+        assert!(full.full);
+        assert_eq!(status(&body), Some((vec![2; 32], APPLIED)));
+        // acknowledged again, but the rollout counted it once already
+        assert_eq!(ok(&mut a, &full).remote_config.completion, None);
+    }
+
+    #[test]
+    fn a_status_lost_with_its_exchange_is_sent_again() {
+        let mut a = agent().accepting_remote_config(1, 0.0);
+        let uid = *a.uid();
+        let (s0, _) = a.next_message(Injection::None, 1);
+        a.on_reply(&s0, &with_config(&uid, 0, 3)).unwrap();
+        let (s1, _) = a.next_message(Injection::None, 1);
+        ok(&mut a, &s1);
+        let (s2, _) = a.next_message(Injection::None, 1);
+        a.on_error(&s2);
+        let (s3, body) = a.next_message(Injection::None, 1);
+        assert_eq!(status(&body), Some((vec![3; 32], APPLIED)));
+        // a bad reply is an error too
+        assert_eq!(a.on_reply(&s3, b"\xff"), Err(ReplyError::Decode));
+        let (s4, body) = a.next_message(Injection::None, 1);
+        assert_eq!(status(&body), Some((vec![3; 32], APPLIED)));
+        assert!(ok(&mut a, &s4).remote_config.completion.is_some());
+    }
+
+    #[test]
+    fn a_second_delivery_is_a_duplicate_and_one_to_a_non_accepting_agent_unexpected() {
+        let mut a = agent().accepting_remote_config(1, 0.0);
+        let uid = *a.uid();
+        let (s0, _) = a.next_message(Injection::None, 1);
+        a.on_reply(&s0, &with_config(&uid, 0, 4)).unwrap();
+        let (s1, _) = a.next_message(Injection::None, 1);
+        let j = a.on_reply(&s1, &with_config(&uid, 0, 4)).unwrap();
+        assert_eq!(j.remote_config.receipt, Some((Receipt::Duplicate, vec![4; 32].into())));
+
+        let mut plain = agent();
+        assert!(!plain.accepts_remote_config());
+        let (p0, body) = plain.next_message(Injection::None, 1);
+        assert_eq!(status(&body), None);
+        let j = plain.on_reply(&p0, &with_config(&uid, 0, 4)).unwrap();
+        assert_eq!(j.remote_config.receipt, Some((Receipt::Unexpected, vec![4; 32].into())));
+        let (_, body) = plain.next_message(Injection::None, 1);
+        assert_eq!(status(&body), None);
     }
 
     #[test]

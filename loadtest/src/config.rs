@@ -26,6 +26,21 @@ pub struct RunConfig {
     pub steps: Vec<RateStep>,
     /// Keep every exchange for the phase report.
     pub record_events: bool,
+    /// Which agents accept remote config, and the configs the run pushes.
+    pub remote_config: RemoteConfigRun,
+}
+
+/// The remote-config part of a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RemoteConfigRun {
+    /// Share of the agents (0 to 1) that set AcceptsRemoteConfig and ReportsRemoteConfig.
+    pub agents: f64,
+    /// Share of receipts (0 to 1) reported FAILED instead of APPLIED.
+    pub fail_rate: f64,
+    /// When the run PUTs a new config, since its start (each push a new hash).
+    pub push_at: Vec<Duration>,
+    /// The name the pushes PUT.
+    pub push_name: String,
 }
 
 /// One step of a rate schedule.

@@ -2,12 +2,14 @@
 //! runner that paces them, and the helpers the `es-ceiling` tool shares. A black-box client: it
 //! knows the wire types (`opamp-proto`) and nothing of the server's crates.
 
+pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod latency;
 pub mod loopback;
 pub mod outcome;
 pub mod phases;
+pub mod remote_config;
 pub mod report;
 pub mod rng;
 pub mod runner;

@@ -2,7 +2,10 @@
 //! per-reply correctness checks and latency figures. Exits non-zero when the server asked for
 //! full state wrongly, missed a drift, or the error rate exceeds `--max-error-rate`; with phases
 //! (`--phase-marks`, `--rate-steps`) each phase is judged by its kind's rules instead, and with
-//! `--verify-admin` an acknowledged write missing from the store fails the run too.
+//! `--verify-admin` an acknowledged write missing from the store fails the run too. Agents may
+//! accept remote config (`--remote-config-agents`) and the run may push configs itself
+//! (`--push-config-at`): a config delivered twice, or to an agent that does not accept it, fails
+//! the run.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,9 +14,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use opampd_loadtest::config::{RateStep, RunConfig};
+use opampd_loadtest::admin::{self, Admin};
+use opampd_loadtest::config::{RateStep, RemoteConfigRun, RunConfig};
 use opampd_loadtest::loopback::parse_loopback_url;
 use opampd_loadtest::phases::{self, Mark, PhaseKind};
+use opampd_loadtest::remote_config::{self, ServerView};
 use opampd_loadtest::transport::{HttpTransport, Transport, WsTransport};
 use opampd_loadtest::{runner, verify};
 
@@ -68,6 +73,33 @@ struct Cli {
     /// it is the last one the server acknowledged: an acknowledged write lost fails the run.
     #[arg(long)]
     verify_admin: Option<String>,
+    /// opampd admin listeners `--push-config-at` PUTs to (comma-separated base URLs, loopback
+    /// only, tried in turn); default: `--verify-admin`'s.
+    #[arg(long)]
+    admin_url: Option<String>,
+    /// Token sent as `Authorization: Bearer <token>` on every admin API call (`--verify-admin`,
+    /// `--push-config-at`). Prefer the environment variable: a flag shows in the process list.
+    #[arg(long, env = "OPAMPD_LOADTEST_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Share of the agents (0 to 1) that accept remote config: they set AcceptsRemoteConfig and
+    /// ReportsRemoteConfig, report APPLYING in the message after a receipt and APPLIED (or
+    /// FAILED) in the one after that. The rest must never be sent a config.
+    #[arg(long, default_value_t = 0.0)]
+    remote_config_agents: f64,
+    /// Share of receipts (0 to 1) reported FAILED instead of APPLIED; which ones is fixed by
+    /// `--seed`, the agent and the config hash.
+    #[arg(long, default_value_t = 0.0)]
+    remote_config_fail_rate: f64,
+    /// Seconds into the run at which the generator PUTs a config through the admin API
+    /// (`--admin-url`): no selector, one file `loadtest.yaml` naming the run and the push, so
+    /// each push is a new hash. Repeat (or comma-separate) for several pushes. Reported: the
+    /// time from the PUT's 200 until 50/90/99/100 % of the accepting agents had their APPLIED
+    /// or FAILED status acknowledged.
+    #[arg(long, value_delimiter = ',')]
+    push_config_at: Vec<f64>,
+    /// The config name `--push-config-at` PUTs (and `--verify-admin` reads back).
+    #[arg(long, default_value = "loadtest")]
+    push_config_name: String,
     /// Seconds to wait between the end of the run and `--verify-admin`'s reads (requests a
     /// server still holds after the client gave up get this long to land).
     #[arg(long, default_value_t = 2.0)]
@@ -211,6 +243,33 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if !(0.0..=1.0).contains(&cli.drift_rate) || !(0.0..=1.0).contains(&cli.max_error_rate) {
         bail!("--drift-rate and --max-error-rate are fractions in [0, 1]");
     }
+    if !(0.0..=1.0).contains(&cli.remote_config_agents)
+        || !(0.0..=1.0).contains(&cli.remote_config_fail_rate)
+    {
+        bail!("--remote-config-agents and --remote-config-fail-rate are fractions in [0, 1]");
+    }
+    if !remote_config::valid_name(&cli.push_config_name) {
+        bail!(
+            "--push-config-name must be 1 to 128 of A-Z a-z 0-9 . _ - (and not . or ..), got {:?}",
+            cli.push_config_name
+        );
+    }
+    let mut push_at = Vec::with_capacity(cli.push_config_at.len());
+    for &at in &cli.push_config_at {
+        let at = secs("push-config-at", at, 0.0)?;
+        if at >= duration {
+            bail!("--push-config-at {} is not inside the run", at.as_secs_f64());
+        }
+        push_at.push(at);
+    }
+    let token = cli.admin_token.as_deref().map(admin::bearer).transpose()?;
+    let verify_admin = admins.map(|urls| Admin::new(urls, token.as_ref())).transpose()?;
+    let push_admin = match (&cli.admin_url, &verify_admin) {
+        _ if push_at.is_empty() => None,
+        (Some(raw), _) => Some(Admin::new(verify::parse_admin_urls(raw)?, token.as_ref())?),
+        (None, Some(a)) => Some(a.clone()),
+        (None, None) => bail!("--push-config-at needs --admin-url (or --verify-admin)"),
+    };
     let rate = if steps.is_empty() {
         cli.rate.unwrap_or(cli.agents as f64 / heartbeat.as_secs_f64())
     } else {
@@ -253,6 +312,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         drain_timeout: timeout + Duration::from_secs(5),
         steps: steps.iter().map(|(s, _, _)| *s).collect(),
         record_events: cli.phase_marks.is_some() || !steps.is_empty(),
+        remote_config: RemoteConfigRun {
+            agents: cli.remote_config_agents,
+            fail_rate: cli.remote_config_fail_rate,
+            push_at,
+            push_name: cli.push_config_name.clone(),
+        },
     };
     eprintln!(
         "opampd-loadtest: {} agents, {:.1} msg/s for {:.0} s against {} ({:?}, {} connections, {} in flight)",
@@ -265,7 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         max_in_flight
     );
     let record_events = cfg.record_events;
-    let outcome = runner::run_recorded(cfg, Arc::new(transport)).await;
+    let outcome = runner::run_with_admin(cfg, Arc::new(transport), push_admin).await;
     let mut summary = outcome.summary;
     if record_events {
         // the steps are phases too, at their offsets from the start
@@ -294,13 +359,24 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Err(e) => summary.phases_error = Some(e),
         }
     }
-    if let Some(admins) = &admins {
+    if let Some(admin) = &verify_admin {
         tokio::time::sleep(verify_settle).await;
         eprintln!(
             "opampd-loadtest: checking the stored sequence_num of {} agents",
             outcome.agents.len()
         );
-        summary.verify = Some(verify::verify(admins, &outcome.agents).await);
+        summary.verify = Some(verify::verify(admin, &outcome.agents).await);
+        if summary.remote_config.agents > 0 || !summary.remote_config.pushes.is_empty() {
+            let name = &cli.push_config_name;
+            summary.remote_config.server = Some(match admin.get_config(name).await {
+                Ok(doc) => ServerView::from_json(name, &doc),
+                Err(e) => ServerView {
+                    name: name.clone(),
+                    error: Some(format!("{e:#}")),
+                    ..Default::default()
+                },
+            });
+        }
     }
     let json = summary.to_json(cli.max_error_rate);
     println!("{summary}");

@@ -11,6 +11,7 @@ use crate::config::RunConfig;
 use crate::latency::{LatencySummary, round3};
 use crate::outcome::ErrorClass;
 use crate::phases::{PhaseReport, Table};
+use crate::remote_config::{PushReport, ROLLOUT_QUANTILES, ServerView};
 use crate::stats::Stats;
 use crate::verify::VerifyReport;
 
@@ -47,7 +48,114 @@ impl fmt::Display for Progress<'_> {
             Stats::get(&s.false_full_state),
             Stats::get(&s.missed_full_state),
             Stats::get(&s.busy_skips),
-        )
+        )?;
+        if s.remote_config_agents > 0 || Stats::get(&s.remote_config_received) > 0 {
+            write!(
+                f,
+                "  remote_config received {}  dup {}  unexpected {}  applied {}  failed {}",
+                Stats::get(&s.remote_config_received),
+                Stats::get(&s.remote_config_duplicates),
+                Stats::get(&s.remote_config_unexpected),
+                Stats::get(&s.remote_config_applied),
+                Stats::get(&s.remote_config_failed),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The remote-config figures of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteConfigSummary {
+    /// Agents that accept remote config.
+    pub agents: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub unexpected: u64,
+    pub applied: u64,
+    pub failed: u64,
+    pub pushes: Vec<PushReport>,
+    /// `GET /api/configs/{name}` after the run (`--verify-admin`).
+    pub server: Option<ServerView>,
+}
+
+impl RemoteConfigSummary {
+    /// Whether the run had anything to do with remote config (else the report stays silent).
+    pub fn in_use(&self) -> bool {
+        self.agents > 0 || self.received > 0 || !self.pushes.is_empty() || self.server.is_some()
+    }
+
+    /// Exactly-once and targeting violations, and pushes that did not happen.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.duplicates > 0 {
+            out.push(format!("{} remote configs delivered twice", self.duplicates));
+        }
+        if self.unexpected > 0 {
+            out.push(format!(
+                "{} remote configs sent to agents that do not accept them",
+                self.unexpected
+            ));
+        }
+        for p in &self.pushes {
+            if let Some(e) = &p.error {
+                out.push(format!("push {} failed: {e}", p.counter));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for RemoteConfigSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "remote config: accepting agents {}  received {} (DUPLICATES {}, UNEXPECTED {})  \
+             acknowledged applied {}  failed {}",
+            self.agents, self.received, self.duplicates, self.unexpected, self.applied, self.failed
+        )?;
+        for p in &self.pushes {
+            write!(f, "\n  push {} of {:?} at {:.1} s: ", p.counter, p.name, p.at_s)?;
+            let Some(hash) = &p.hash else {
+                write!(f, "FAILED: {}", p.error.as_deref().unwrap_or("unknown"))?;
+                continue;
+            };
+            write!(
+                f,
+                "hash {}  PUT {:.1} ms  received {}/{}  done {} (applied {}, failed {})  from the 200:",
+                &hash[..hash.len().min(12)],
+                p.put_ms.unwrap_or(0.0),
+                p.received - p.duplicates,
+                p.accepting,
+                p.applied + p.failed,
+                p.applied,
+                p.failed,
+            )?;
+            for ((_, name), t) in ROLLOUT_QUANTILES.iter().zip(p.rollout_s) {
+                match t {
+                    Some(t) => write!(f, "  {name} {t:.2} s")?,
+                    None => write!(f, "  {name} not reached")?,
+                }
+            }
+        }
+        if let Some(v) = &self.server {
+            write!(f, "\n  server GET /api/configs/{}: ", v.name)?;
+            match (&v.agents, &v.error) {
+                (Some(c), _) => write!(f, "{c}")?,
+                (None, e) => write!(f, "UNREADABLE: {}", e.as_deref().unwrap_or("unknown"))?,
+            }
+            // the generator's view of the hash the server holds now
+            let mine = self.pushes.iter().rev().find(|p| p.hash.is_some() && p.hash == v.hash);
+            match mine {
+                Some(p) => write!(f, "\n  generator (push {}):       {}", p.counter, p.counts())?,
+                None => write!(
+                    f,
+                    "\n  generator: no push of this run has the server's hash {}",
+                    v.hash.as_deref().unwrap_or("(none)")
+                )?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -103,6 +211,7 @@ pub struct Summary {
     pub phases_error: Option<String>,
     /// The end-of-run check of the stored sequence numbers, when asked for.
     pub verify: Option<VerifyReport>,
+    pub remote_config: RemoteConfigSummary,
 }
 
 impl Summary {
@@ -163,6 +272,16 @@ impl Summary {
             phase_events_dropped: 0,
             phases_error: None,
             verify: None,
+            remote_config: RemoteConfigSummary {
+                agents: s.remote_config_agents,
+                received: g(&s.remote_config_received),
+                duplicates: g(&s.remote_config_duplicates),
+                unexpected: g(&s.remote_config_unexpected),
+                applied: g(&s.remote_config_applied),
+                failed: g(&s.remote_config_failed),
+                pushes: Vec::new(),
+                server: None,
+            },
         }
     }
 
@@ -200,6 +319,7 @@ impl Summary {
         if let Some(v) = &self.verify {
             out.extend(v.failures());
         }
+        out.extend(self.remote_config.failures());
         if self.replies_ok == 0 {
             out.push("no successful reply".into());
         }
@@ -260,6 +380,15 @@ impl Summary {
             "phase_events_dropped": self.phase_events_dropped,
             "phases_error": self.phases_error,
             "verify": self.verify.as_ref().map(VerifyReport::to_json),
+            "remote_config_agents": self.remote_config.agents,
+            "remote_config_received": self.remote_config.received,
+            "remote_config_duplicates": self.remote_config.duplicates,
+            "remote_config_unexpected": self.remote_config.unexpected,
+            "remote_config_applied": self.remote_config.applied,
+            "remote_config_failed": self.remote_config.failed,
+            "remote_config_pushes": self.remote_config.pushes.iter()
+                .map(PushReport::to_json).collect::<Vec<_>>(),
+            "remote_config_server": self.remote_config.server.as_ref().map(ServerView::to_json),
         });
         if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
             obj.extend(more);
@@ -344,6 +473,9 @@ impl fmt::Display for Summary {
         if let Some(e) = &self.phases_error {
             write!(f, "\nno phase report: {e}")?;
         }
+        if self.remote_config.in_use() {
+            write!(f, "\n{}", self.remote_config)?;
+        }
         if let Some(v) = &self.verify {
             write!(
                 f,
@@ -396,6 +528,7 @@ mod tests {
             drain_timeout: Duration::from_secs(1),
             steps: Vec::new(),
             record_events: false,
+            remote_config: Default::default(),
         };
         let s = Summary::collect(&cfg, &Stats::default(), 10, Duration::from_secs(2), true);
         let v = s.to_json(0.0);
@@ -440,8 +573,72 @@ mod tests {
         for key in ["error_classes", "phases", "verify", "rate_steps", "behind_at_step_end"] {
             assert!(v.get(key).is_some(), "{key} missing from {v}");
         }
+        for key in [
+            "remote_config_agents",
+            "remote_config_received",
+            "remote_config_duplicates",
+            "remote_config_unexpected",
+            "remote_config_applied",
+            "remote_config_failed",
+            "remote_config_pushes",
+            "remote_config_server",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
         assert_eq!(v["phases"], Value::Null);
         assert_eq!(v["error_classes"]["retry_after"], 0);
+    }
+
+    #[test]
+    fn remote_config_violations_fail_the_run_and_are_reported() {
+        let cfg = RunConfig {
+            agents: 4,
+            rate: 5.0,
+            duration: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            max_in_flight: 4,
+            drift_rate: 0.0,
+            seed: 1,
+            max_followups: 2,
+            progress_every: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(1),
+            steps: Vec::new(),
+            record_events: false,
+            remote_config: Default::default(),
+        };
+        let mut s = Summary::collect(&cfg, &Stats::default(), 10, Duration::from_secs(2), true);
+        s.replies_ok = 10;
+        assert!(s.failures(0.0).is_empty());
+        assert!(!s.to_string().contains("remote config"), "{s}");
+        s.remote_config.agents = 4;
+        s.remote_config.duplicates = 2;
+        s.remote_config.unexpected = 1;
+        s.remote_config.pushes.push(PushReport {
+            counter: 1,
+            name: "loadtest".into(),
+            run_id: "r".into(),
+            at_s: 1.0,
+            hash: None,
+            put_ms: None,
+            error: Some("HTTP 401".into()),
+            accepting: 4,
+            received: 0,
+            duplicates: 0,
+            applied: 0,
+            failed: 0,
+            rollout_s: [None; 4],
+        });
+        let failures = s.failures(0.0);
+        assert_eq!(failures.len(), 3, "{failures:?}");
+        assert!(failures[0].contains("2 remote configs delivered twice"), "{failures:?}");
+        let text = s.to_string();
+        assert!(text.contains("DUPLICATES 2, UNEXPECTED 1") && text.contains("FAILED: HTTP 401"));
+        let v = s.to_json(0.0);
+        assert_eq!(
+            (v["remote_config_duplicates"].as_u64(), v["passed"].as_bool()),
+            (Some(2), Some(false))
+        );
+        assert_eq!(v["remote_config_pushes"][0]["error"], "HTTP 401");
     }
 
     #[test]

@@ -2,19 +2,23 @@
 //! `m % agents`, so every agent sends once per `agents / rate` seconds with phases spread evenly
 //! (heartbeat mode is `rate = agents / heartbeat`; a rate schedule changes the rate step by step).
 //! Concurrency is capped by a semaphore; when the cap is reached the pacer waits and the shortfall
-//! shows in the achieved rate and dispatch lag.
+//! shows in the achieved rate and dispatch lag. With `--push-config-at` a task beside the pacer
+//! PUTs the configs through the admin API at their times.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opamp_proto::InstanceUid;
+use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::admin::Admin;
 use crate::agent::{AckView, Agent, Injection};
-use crate::config::{RateStep, RunConfig};
+use crate::config::{RateStep, RemoteConfigRun, RunConfig};
 use crate::outcome::EventLog;
+use crate::remote_config::{self, PushRecord, PushReport, Pushed};
 use crate::report::{Progress, Summary};
 use crate::rng::SplitMix64;
 use crate::stats::Stats;
@@ -93,12 +97,33 @@ impl Pace {
 
 /// [`run`], also returning the agents' views and the event log.
 pub async fn run_recorded(cfg: RunConfig, transport: Arc<Transport>) -> RunOutcome {
+    run_with_admin(cfg, transport, None).await
+}
+
+/// [`run_recorded`], PUTting `cfg.remote_config.push_at`'s configs through `admin` (no pushes
+/// without it).
+pub async fn run_with_admin(
+    cfg: RunConfig,
+    transport: Arc<Transport>,
+    admin: Option<Admin>,
+) -> RunOutcome {
+    let remote = &cfg.remote_config;
     let slots: Arc<Vec<Slot>> = Arc::new(
-        (0..cfg.agents)
-            .map(|i| Mutex::new(Some(Agent::new(InstanceUid::new_v7(), i as u64))))
+        (0..cfg.agents as u64)
+            .map(|i| {
+                let agent = Agent::new(InstanceUid::new_v7(), i);
+                let agent = if remote_config::accepts(i, remote.agents) {
+                    agent.accepting_remote_config(cfg.seed, remote.fail_rate)
+                } else {
+                    agent
+                };
+                Mutex::new(Some(agent))
+            })
             .collect(),
     );
-    let stats = Arc::new(if cfg.record_events { Stats::recording() } else { Stats::default() });
+    let mut stats = if cfg.record_events { Stats::recording() } else { Stats::default() };
+    stats.remote_config_agents = remote_config::accepting_count(cfg.agents as u64, remote.agents);
+    let stats = Arc::new(stats);
     let sem = Arc::new(Semaphore::new(cfg.max_in_flight));
     let pace = Pace::new(&cfg.schedule());
     let start_unix_ms = unix_nanos() / 1_000_000;
@@ -107,6 +132,11 @@ pub async fn run_recorded(cfg: RunConfig, transport: Arc<Transport>) -> RunOutco
     let window_start = start + cfg.warmup;
 
     let progress = tokio::spawn(progress_loop(stats.clone(), cfg.clone(), start, end));
+    let pushes: Arc<Mutex<Vec<PushRecord>>> = Arc::default();
+    let pusher = admin.filter(|_| !remote.push_at.is_empty()).map(|admin| {
+        let (plan, pushes) = (remote.clone(), pushes.clone());
+        tokio::spawn(push_loop(admin, plan, InstanceUid::new_v7().to_string(), start, end, pushes))
+    });
 
     // 1 ms ticks: fine enough to spread 100K msg/s, coarse enough to cost nothing when idle.
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -190,7 +220,21 @@ pub async fn run_recorded(cfg: RunConfig, transport: Arc<Transport>) -> RunOutco
             .await
             .is_ok_and(|r| r.is_ok());
     progress.abort();
-    let summary = Summary::collect(&cfg, &stats, scheduled, dispatch_end - start, drained);
+    if let Some(mut pusher) = pusher {
+        // a PUT still running gets the drain's grace, then counts as unanswered
+        if tokio::time::timeout(cfg.drain_timeout, &mut pusher).await.is_err() {
+            pusher.abort();
+        }
+    }
+    let mut summary = Summary::collect(&cfg, &stats, scheduled, dispatch_end - start, drained);
+    {
+        let tallies = stats.remote_config_tallies.lock().unwrap_or_else(|e| e.into_inner());
+        let pushes = pushes.lock().unwrap_or_else(|e| e.into_inner());
+        summary.remote_config.pushes = pushes
+            .iter()
+            .map(|p| PushReport::build(p, &tallies, stats.remote_config_agents))
+            .collect();
+    }
     let agents = slots
         .iter()
         .map(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Agent::ack_view))
@@ -232,6 +276,7 @@ async fn agent_turn(
         match result {
             Ok(bytes) => match agent.on_reply(&sent, &bytes) {
                 Ok(judged) => {
+                    stats.on_remote_config(&judged.remote_config, done - start);
                     stats.on_judged(&judged, in_window);
                     stats.log_reply(start_ms, latency, &judged);
                 }
@@ -258,6 +303,73 @@ async fn agent_turn(
         }
     }
     agent
+}
+
+/// PUTs a new config at each of `plan.push_at` (in time order; none at or after `end`) and
+/// records how each went in `records`, where a PUT cut short by the end of the run stays
+/// recorded as unanswered.
+async fn push_loop(
+    admin: Admin,
+    plan: RemoteConfigRun,
+    run_id: String,
+    start: Instant,
+    end: Instant,
+    records: Arc<Mutex<Vec<PushRecord>>>,
+) {
+    let mut times = plan.push_at.clone();
+    times.sort();
+    for (i, at) in times.into_iter().enumerate() {
+        if start + at >= end {
+            break;
+        }
+        tokio::time::sleep_until(start + at).await;
+        let counter = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let mut record = PushRecord {
+            counter,
+            name: plan.push_name.clone(),
+            run_id: run_id.clone(),
+            at,
+            result: Err("no answer before the end of the run".into()),
+        };
+        let slot = {
+            let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
+            records.push(record.clone());
+            records.len() - 1
+        };
+        let body = remote_config::push_body(&run_id, counter);
+        let sent = Instant::now();
+        let put = admin.put_config(&plan.push_name, &body).await;
+        let answered = Instant::now();
+        record.result = match put {
+            Ok(doc) => {
+                match doc.get("hash").and_then(Value::as_str).and_then(remote_config::parse_hash) {
+                    Some(hash) => Ok(Pushed {
+                        hash,
+                        acked_at: answered - start,
+                        put_latency: answered - sent,
+                    }),
+                    None => Err(format!(
+                        "the PUT's reply has no valid \"hash\": {}",
+                        doc.get("hash").unwrap_or(&Value::Null)
+                    )),
+                }
+            }
+            Err(e) => Err(format!("{e:#}")),
+        };
+        match &record.result {
+            Ok(p) => eprintln!(
+                "opampd-loadtest: push {counter} of config {:?} at {:.1} s: hash {}",
+                plan.push_name,
+                p.acked_at.as_secs_f64(),
+                remote_config::hex(&p.hash)
+            ),
+            Err(e) => eprintln!(
+                "opampd-loadtest: push {counter} of config {:?} failed: {e}",
+                plan.push_name
+            ),
+        }
+        records.lock().unwrap_or_else(|e| e.into_inner())[slot] = record;
+    }
 }
 
 fn unix_nanos() -> u64 {

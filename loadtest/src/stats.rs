@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::agent::{Judged, Sent, Verdict};
 use crate::latency::Latency;
 use crate::outcome::{Ending, ErrorClass, Event, EventLog};
+use crate::remote_config::{self, Receipt, Tallies};
 
 /// Distinct transport-failure texts kept.
 pub const MAX_SAMPLES: usize = 20;
@@ -62,6 +63,19 @@ pub struct Stats {
     /// Errors by [`ErrorClass`], indexed by [`ErrorClass::index`].
     pub error_classes: [AtomicU64; 4],
     pub hist: Mutex<Histograms>,
+    /// Agents of the run that accept remote config (set before the run starts).
+    pub remote_config_agents: u64,
+    /// Valid replies carrying `remote_config`, duplicates and unexpected ones included.
+    pub remote_config_received: AtomicU64,
+    /// Replies carrying a hash the agent had already received: exactly-once broken.
+    pub remote_config_duplicates: AtomicU64,
+    /// Replies carrying `remote_config` to an agent that does not accept it.
+    pub remote_config_unexpected: AtomicU64,
+    /// Final statuses the server acknowledged (once per agent and hash).
+    pub remote_config_applied: AtomicU64,
+    pub remote_config_failed: AtomicU64,
+    /// The same by hash, with when each final status was acknowledged (the rollout figures).
+    pub remote_config_tallies: Mutex<Tallies>,
     /// Keep every exchange in `events` (for the phase report); off by default.
     pub record_events: bool,
     pub events: Mutex<EventLog>,
@@ -110,6 +124,32 @@ impl Stats {
             }
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts what a valid reply meant for remote config, `at` since the run's start.
+    pub fn on_remote_config(&self, events: &remote_config::Events, at: Duration) {
+        if events.is_empty() {
+            return;
+        }
+        if let Some((receipt, _)) = &events.receipt {
+            self.remote_config_received.fetch_add(1, Ordering::Relaxed);
+            match receipt {
+                Receipt::New => {}
+                Receipt::Duplicate => {
+                    self.remote_config_duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                Receipt::Unexpected => {
+                    self.remote_config_unexpected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Some(c) = &events.completion {
+            let counter =
+                if c.failed { &self.remote_config_failed } else { &self.remote_config_applied };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut tallies = self.remote_config_tallies.lock().unwrap_or_else(|e| e.into_inner());
+        remote_config::tally(&mut tallies, events, at);
     }
 
     /// Counts a transport failure's text (the first [`MAX_SAMPLES`] distinct ones).

@@ -1,7 +1,7 @@
 //! The end-of-run check that no acknowledged write was lost: every agent's stored `sequence_num`,
 //! read from opampd's admin API, must be the one of its last acknowledged message, or a later one
 //! whose reply was lost (the server may have applied it). `classify` is the pure rule; `fetch`
-//! pages `GET /api/agents` on the admin listeners (loopback only).
+//! pages `GET /api/agents` on the admin listeners (loopback only) through [`Admin`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use opamp_proto::InstanceUid;
 use reqwest::Url;
 use serde_json::{Value, json};
 
+use crate::admin::Admin;
 use crate::agent::{AckView, SeqRange};
 use crate::loopback::parse_loopback_url;
 
@@ -161,13 +162,13 @@ const TRIES: usize = 6;
 /// At most this many agents missing from the listing are looked up one by one.
 const MAX_SINGLE_LOOKUPS: usize = 1000;
 
-/// Reads every stored agent's seq from the admin API at `admins` (paged, 1000 a page), then
-/// looks up one by one the acknowledged agents the listing lacked, and classifies each agent.
-pub async fn verify(admins: &[Url], views: &[Option<AckView>]) -> VerifyReport {
+/// Reads every stored agent's seq from the admin API (paged, 1000 a page), then looks up one by
+/// one the acknowledged agents the listing lacked, and classifies each agent.
+pub async fn verify(admin: &Admin, views: &[Option<AckView>]) -> VerifyReport {
     let started = std::time::Instant::now();
     let mut stored = HashMap::with_capacity(views.len());
     let result =
-        tokio::time::timeout(DEADLINE, fetch(admins, views, &mut stored)).await.unwrap_or_else(
+        tokio::time::timeout(DEADLINE, fetch(admin, views, &mut stored)).await.unwrap_or_else(
             |_| Err(anyhow::anyhow!("the admin API did not answer within {DEADLINE:?}")),
         );
     let listed = match &result {
@@ -175,7 +176,7 @@ pub async fn verify(admins: &[Url], views: &[Option<AckView>]) -> VerifyReport {
         Err(_) => 0,
     };
     let mut report = VerifyReport::build(views, &stored);
-    report.admin = admins.iter().map(Url::to_string).collect();
+    report.admin = admin.urls().iter().map(Url::to_string).collect();
     report.listed = listed;
     report.error = result.err().map(|e| format!("{e:#}"));
     report.elapsed_s = started.elapsed().as_secs_f64();
@@ -197,15 +198,11 @@ pub fn parse_admin_urls(raw: &str) -> anyhow::Result<Vec<Url>> {
 }
 
 async fn fetch(
-    admins: &[Url],
+    admin: &Admin,
     views: &[Option<AckView>],
     stored: &mut HashMap<InstanceUid, u64>,
 ) -> anyhow::Result<u64> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .no_proxy()
-        .build()
-        .context("building the admin client")?;
+    let (client, admins) = (admin.client(), admin.urls());
     let mut listed = 0u64;
     let mut cursor: Option<String> = None;
     let mut turn = 0usize;
@@ -214,7 +211,7 @@ async fn fetch(
         if let Some(c) = &cursor {
             query.push(("cursor", c.clone()));
         }
-        let page = get_json(&client, admins, &mut turn, "api/agents", &query).await?;
+        let page = get_json(client, admins, &mut turn, "api/agents", &query).await?;
         let agents = page["agents"].as_array().context("a page without `agents`")?;
         for a in agents {
             let (uid, seq) = agent_seq(a)?;
@@ -236,7 +233,7 @@ async fn fetch(
         .collect();
     for uid in missing {
         let path = format!("api/agents/{uid}");
-        match get_json(&client, admins, &mut turn, &path, &[]).await {
+        match get_json(client, admins, &mut turn, &path, &[]).await {
             Ok(doc) => {
                 let (uid, seq) = agent_seq(&doc)?;
                 stored.insert(uid, seq);
