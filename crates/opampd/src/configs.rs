@@ -171,9 +171,10 @@ impl Configs {
     /// config that cannot pause, or whose content changed since.
     pub async fn record_failure(&self, desired: &DesiredConfig) {
         metrics::counter!(telemetry::REMOTE_CONFIG_FAILED_TOTAL).increment(1);
-        let can_pause = self.snapshot().get(&desired.name).is_some_and(|c| {
-            *c.hash() == desired.hash && c.rollout().pause_on_failures.is_some()
-        });
+        let can_pause = self
+            .snapshot()
+            .get(&desired.name)
+            .is_some_and(|c| *c.hash() == desired.hash && c.rollout().pause_on_failures.is_some());
         if !can_pause {
             return;
         }
@@ -250,7 +251,10 @@ impl Configs {
     fn install(&self, loaded: &BTreeMap<String, VersionedConfig>) {
         let set = ConfigSet::new(
             loaded.values().map(|v| v.stored.config.clone()),
-            loaded.values().filter(|v| v.stored.rollout.paused).map(|v| v.stored.config.name().to_owned()),
+            loaded
+                .values()
+                .filter(|v| v.stored.rollout.paused)
+                .map(|v| v.stored.config.name().to_owned()),
         );
         metrics::gauge!(telemetry::REMOTE_CONFIGS).set(set.len() as f64);
         {

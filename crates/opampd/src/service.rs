@@ -109,6 +109,21 @@ impl OpampService {
                 Some(v) => (Some(v.record), Precondition::Version(v.version)),
                 None => (None, Precondition::Absent),
             };
+            if attempt > 1
+                && let Some(newer) = stored.as_ref().filter(|s| s.sequence_num > msg.sequence_num)
+            {
+                // The write that beat ours carried a later message of this agent: the agent has
+                // moved on (it gave up on this request, e.g. while this instance was paused), so
+                // applying this one now would put an older state over a newer, acknowledged one.
+                tracing::debug!(
+                    instance_uid = %uid,
+                    sequence_num = msg.sequence_num,
+                    stored = newer.sequence_num,
+                    "message superseded by a later one while it was being handled; dropped"
+                );
+                metrics::counter!(telemetry::SUPERSEDED_TOTAL).increment(1);
+                return Err(RequestError::Unavailable("superseded by a later message".into()));
+            }
             let processed = opamp_core::process(
                 stored,
                 uid,

@@ -16,6 +16,7 @@ use crate::config::LogFormat;
 pub const MESSAGES_TOTAL: &str = "opampd_messages_total";
 pub const REPORT_FULL_STATE_TOTAL: &str = "opampd_report_full_state_total";
 pub const CAS_RETRIES_TOTAL: &str = "opampd_cas_retries_total";
+pub const SUPERSEDED_TOTAL: &str = "opampd_superseded_total";
 pub const REQUEST_DURATION_SECONDS: &str = "opampd_request_duration_seconds";
 pub const IN_FLIGHT: &str = "opampd_in_flight";
 pub const WS_SESSIONS: &str = "opampd_ws_sessions";
@@ -45,6 +46,12 @@ pub const METRICS: &[Metric] = &[
         name: CAS_RETRIES_TOTAL,
         kind: Kind::Counter,
         help: "store writes retried after losing a CAS race",
+    },
+    Metric {
+        name: SUPERSEDED_TOTAL,
+        kind: Kind::Counter,
+        help: "messages dropped because, while they were handled, a later message of the same \
+               agent was written (the agent had given up on them)",
     },
     Metric {
         name: REQUEST_DURATION_SECONDS,
@@ -343,6 +350,7 @@ fn register_all() {
     }
     for name in [
         CAS_RETRIES_TOTAL,
+        SUPERSEDED_TOTAL,
         IN_FLIGHT,
         WS_SESSIONS,
         REMOTE_CONFIGS,

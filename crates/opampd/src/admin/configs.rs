@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::StatusCode;
-use opamp_core::remote_config::{ConfigFile, MAX_CONFIG_BYTES, RemoteConfig, RolloutPolicy, hash_hex};
+use opamp_core::remote_config::{
+    ConfigFile, MAX_CONFIG_BYTES, RemoteConfig, RolloutPolicy, hash_hex,
+};
 use opamp_store::RolloutCounts;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};

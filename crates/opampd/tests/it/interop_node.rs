@@ -107,3 +107,104 @@ async fn node_client_heartbeats_are_stored_and_full_state_is_asked_once() {
 
     server.stop().await.unwrap();
 }
+
+/// The Node.js client with `AcceptsRemoteConfig`/`ReportsRemoteConfig`: it is sent the config its
+/// description selects, exactly once, reports it APPLIED, and opampd shows that per agent and
+/// per config.
+#[tokio::test]
+async fn node_client_receives_its_remote_config_once_and_reports_it_applied() {
+    let Some(dir) = interop_dir() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    let put = client()
+        .put(format!("{}/api/configs/interop", server.admin_url))
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({
+                "selector": {"service.name": "interop-rc"},
+                "files": {"collector.yaml": {"body": "receivers: {otlp: {}}", "content_type": "text/yaml"}},
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let put: Value = serde_json::from_slice(&put.bytes().await.unwrap()).unwrap();
+    let hash = put["hash"].as_str().expect("hash").to_owned();
+
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join("node-remote-config.js"))
+        .arg(&server.opamp_url)
+        .arg("5")
+        .arg("interop-rc")
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("node client finishes within 60 s")
+        .expect("node client output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node client failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one json line");
+    let received = report["received"].as_array().expect("received");
+    assert_eq!(received.len(), 1, "exactly one config: {received:?}");
+    assert_eq!(received[0]["hash"], hash);
+    assert_eq!(received[0]["files"]["collector.yaml"]["body"], "receivers: {otlp: {}}");
+    assert_eq!(received[0]["files"]["collector.yaml"]["contentType"], "text/yaml");
+    let sends = report["sends"].as_array().expect("sends");
+    assert!(sends.iter().all(|s| s["offersRemoteConfig"] == true));
+    assert_eq!(sends.iter().filter(|s| s["remoteConfig"] == true).count(), 1);
+    assert!(
+        sends.iter().any(|s| s["reportedHash"] == hash && s["reportedStatus"] == 1),
+        "the client reported APPLIED for the hash: {sends:?}"
+    );
+
+    let uid = report["instanceUid"].as_str().unwrap();
+    let uid = format!(
+        "{}-{}-{}-{}-{}",
+        &uid[0..8],
+        &uid[8..12],
+        &uid[12..16],
+        &uid[16..20],
+        &uid[20..32]
+    );
+    let agent: Value = serde_json::from_slice(
+        &client()
+            .get(format!("{}/api/agents/{uid}", server.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(agent["remote_config"]["desired_hash"], hash);
+    assert_eq!(agent["remote_config"]["reported_hash"], hash);
+    assert_eq!(agent["remote_config"]["status"], "applied");
+    let config: Value = serde_json::from_slice(
+        &client()
+            .get(format!("{}/api/configs/interop", server.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["agents"],
+        serde_json::json!({"matched": 1, "applied": 1, "applying": 0, "failed": 0, "pending": 0})
+    );
+    server.stop().await.unwrap();
+}

@@ -14,6 +14,7 @@ mod fuzz;
 mod http;
 mod interop_node;
 mod layering;
+mod remote_config;
 mod storage_faults;
 mod tls;
 mod ws;

@@ -117,31 +117,38 @@ impl Drop for TestIndex {
         if !self.delete_on_drop {
             return;
         }
-        // Plain blocking HTTP so it also runs while a failed test unwinds (no runtime needed).
-        let host = self.es.host_str().unwrap_or("127.0.0.1").to_owned();
-        let port = self.es.port_or_known_default().unwrap_or(9200);
-        let deleted = (|| -> std::io::Result<String> {
-            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
-                .next()
-                .ok_or_else(|| std::io::Error::other("no address"))?;
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.set_write_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                s,
-                "DELETE /{} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                self.name
-            )?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer)?;
-            Ok(answer.lines().next().unwrap_or_default().to_owned())
-        })();
-        match deleted {
-            // 404: the test never got as far as creating it
-            Ok(line) if line.contains(" 200 ") || line.contains(" 404 ") => {}
-            Ok(line) => eprintln!("deleting test index {}: {line}", self.name),
-            Err(e) => eprintln!("deleting test index {}: {e}", self.name),
+        // the agent index and the config index opampd derives from its name
+        for index in [self.name.clone(), format!("{}-opampd-configs", self.name)] {
+            delete_index(&self.es, &index);
         }
+    }
+}
+
+/// Deletes `index` with plain blocking HTTP, so it also runs while a failed test unwinds (no
+/// runtime needed). A missing index is fine.
+fn delete_index(es: &Url, index: &str) {
+    let host = es.host_str().unwrap_or("127.0.0.1").to_owned();
+    let port = es.port_or_known_default().unwrap_or(9200);
+    let deleted = (|| -> std::io::Result<String> {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "DELETE /{index} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer.lines().next().unwrap_or_default().to_owned())
+    })();
+    match deleted {
+        // 404: the test never got as far as creating it
+        Ok(line) if line.contains(" 200 ") || line.contains(" 404 ") => {}
+        Ok(line) => eprintln!("deleting test index {index}: {line}"),
+        Err(e) => eprintln!("deleting test index {index}: {e}"),
     }
 }
 
