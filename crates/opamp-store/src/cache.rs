@@ -6,6 +6,9 @@
 //! [`StoreError::Conflict`]; the failure evicts the entry, so the caller's re-read goes to the
 //! backend. Absence is never cached: an agent enrolled through another instance must be seen at
 //! once.
+//!
+//! Remote configs are not cached here: [`ConfigStore`] calls go straight to the inner store
+//! (the server keeps its own copy of the configs and checks `config_versions` for changes).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,6 +19,9 @@ use moka::ops::compute::Op;
 use opamp_core::AgentRecord;
 use opamp_proto::InstanceUid;
 
+use opamp_core::remote_config::ConfigHash;
+
+use crate::configs::{ConfigStore, RolloutCounts, StoredConfig, VersionedConfig};
 use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
 
 /// Tuning of [`CachedStore`].
@@ -184,6 +190,36 @@ impl<S: AgentStore> AgentStore for CachedStore<S> {
         limit: usize,
     ) -> Result<Vec<AgentRecord>, StoreError> {
         self.inner.list(after, limit).await
+    }
+}
+
+#[async_trait]
+impl<S: AgentStore + ConfigStore> ConfigStore for CachedStore<S> {
+    async fn config_versions(&self) -> Result<Vec<(String, Version)>, StoreError> {
+        self.inner.config_versions().await
+    }
+
+    async fn get_config(&self, name: &str) -> Result<Option<VersionedConfig>, StoreError> {
+        self.inner.get_config(name).await
+    }
+
+    async fn put_config(
+        &self,
+        config: &StoredConfig,
+        precondition: Precondition,
+    ) -> Result<Version, StoreError> {
+        self.inner.put_config(config, precondition).await
+    }
+
+    async fn delete_config(&self, name: &str, version: Version) -> Result<(), StoreError> {
+        self.inner.delete_config(name, version).await
+    }
+
+    async fn rollout_counts(
+        &self,
+        configs: &[(String, ConfigHash)],
+    ) -> Result<Vec<RolloutCounts>, StoreError> {
+        self.inner.rollout_counts(configs).await
     }
 }
 

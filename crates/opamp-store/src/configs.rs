@@ -152,9 +152,7 @@ pub fn to_json(stored: &StoredConfig) -> Value {
     let files: Map<String, Value> = config
         .files()
         .iter()
-        .map(|(name, f)| {
-            (name.clone(), json!({ "body": f.body, "content_type": f.content_type }))
-        })
+        .map(|(name, f)| (name.clone(), json!({ "body": f.body, "content_type": f.content_type })))
         .collect();
     let policy = config.rollout();
     let state = &stored.rollout;
@@ -317,10 +315,16 @@ mod tests {
                 .into(),
             [
                 (
-                    String::new(),
-                    ConfigFile { body: "receivers: {otlp: {}}\n".into(), content_type: "text/yaml".into() },
+                    "collector.yaml".into(),
+                    ConfigFile {
+                        body: "receivers: {otlp: {}}\n".into(),
+                        content_type: "text/yaml".into(),
+                    },
                 ),
-                ("extra.json".into(), ConfigFile { body: "{\"k\": \"ü\u{0}\"}".into(), content_type: String::new() }),
+                (
+                    "extra.json".into(),
+                    ConfigFile { body: "{\"k\": \"ü\u{0}\"}".into(), content_type: String::new() },
+                ),
             ]
             .into(),
             RolloutPolicy { max_agents_per_minute: Some(u32::MAX), pause_on_failures: None },
@@ -329,8 +333,10 @@ mod tests {
         let mut stored = StoredConfig::new(Arc::new(config), 1_700_000_000_123);
         stored.rollout.paused = true;
         stored.rollout.failures = 3;
-        stored.rollout.claims =
-            vec![SlotClaim { at: 1_700_000_001_000, count: 5 }, SlotClaim { at: u64::MAX, count: 1 }];
+        stored.rollout.claims = vec![
+            SlotClaim { at: 1_700_000_001_000, count: 5 },
+            SlotClaim { at: u64::MAX, count: 1 },
+        ];
         stored
     }
 
@@ -370,7 +376,7 @@ mod tests {
     fn a_tampered_hash_or_body_is_refused() {
         let why = refused(|j| j["hash"] = json!(hash_hex(&[0u8; 32])));
         assert!(why.contains("hash"), "{why}");
-        refused(|j| j["files"][""]["body"] = json!("receivers: {}"));
+        refused(|j| j["files"]["collector.yaml"]["body"] = json!("receivers: {}"));
         refused(|j| j["hash"] = json!(hash_hex(&[0u8; 32]).to_uppercase() + "0"));
         let why = refused(|j| j["state"]["hash"] = json!(hash_hex(&[1u8; 32])));
         assert!(why.contains("rollout state"), "{why}");
@@ -429,6 +435,81 @@ mod tests {
         ] {
             assert!(matches!(from_json(&garbage), Err(StoreError::Corrupt(_))), "{garbage}");
         }
+    }
+
+    /// Every path of a valid document replaced by every kind of JSON value, and removed: each
+    /// result is `Ok` (and then encodes back to itself) or `Corrupt`, never a panic.
+    #[test]
+    fn every_field_replaced_by_any_value_is_read_or_corrupt() {
+        fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            out.push(at.clone());
+            let children: Vec<(String, &Value)> = match v {
+                Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+                Value::Array(a) => a.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+                _ => Vec::new(),
+            };
+            for (key, child) in children {
+                at.push(key);
+                paths(child, at, out);
+                at.pop();
+            }
+        }
+        fn slot<'a>(v: &'a mut Value, path: &[String]) -> &'a mut Value {
+            path.iter().fold(v, |v, key| match v {
+                Value::Array(a) => &mut a[key.parse::<usize>().unwrap()],
+                other => &mut other[key.as_str()],
+            })
+        }
+        let original = to_json(&stored());
+        let mut all = Vec::new();
+        paths(&original, &mut Vec::new(), &mut all);
+        let replacements = [
+            json!(null),
+            json!(true),
+            json!(0),
+            json!(1),
+            json!(-1),
+            json!(1.5),
+            json!(u64::MAX),
+            json!(""),
+            json!("x"),
+            json!("ü".repeat(300)),
+            json!([]),
+            json!([1]),
+            json!({}),
+            json!({"x": 1}),
+        ];
+        let (mut read, mut refused) = (0, 0);
+        for path in &all {
+            let mut variants: Vec<Value> = replacements
+                .iter()
+                .map(|r| {
+                    let mut doc = original.clone();
+                    *slot(&mut doc, path) = r.clone();
+                    doc
+                })
+                .collect();
+            if let Some((last, parent)) = path.split_last() {
+                let mut doc = original.clone();
+                match slot(&mut doc, parent) {
+                    Value::Object(m) => drop(m.remove(last)),
+                    Value::Array(a) => drop(a.remove(last.parse::<usize>().unwrap())),
+                    _ => unreachable!(),
+                }
+                variants.push(doc);
+            }
+            for doc in variants {
+                match from_json(&doc) {
+                    Ok(stored) => {
+                        read += 1;
+                        assert_eq!(from_json(&to_json(&stored)), Ok(stored), "{doc}");
+                    }
+                    Err(StoreError::Corrupt(_)) => refused += 1,
+                    Err(other) => panic!("{other:?} for {doc}"),
+                }
+            }
+        }
+        assert!(read > 0 && refused > read, "read {read}, refused {refused}");
     }
 
     #[test]

@@ -573,3 +573,439 @@ pub async fn flush_then_get_sees_writes<S: AgentStore>(store: &S) {
 pub async fn ready_is_ok<S: AgentStore>(store: &S) {
     assert_eq!(store.ready().await, Ok(()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Remote configs: the suite every `ConfigStore` backend (and layer) must pass.
+//
+// Like the agent cases, every case uses fresh names and agent uids, so the suite can run
+// concurrently against one shared config index; each case deletes the configs it created, since
+// the `MAX_CONFIGS` bound counts every config in the store.
+
+use crate::configs::{ConfigStore, RolloutCounts, StoredConfig, VersionedConfig};
+use opamp_core::remote_config::{
+    ConfigFile, ConfigHash, DesiredConfig, RemoteConfig, RolloutPolicy, SlotClaim,
+};
+
+/// Concurrent writers in the config lost-update case.
+const CONFIG_WRITERS: u32 = 8;
+/// Increments each of them makes.
+const CONFIG_INCREMENTS_PER_WRITER: u32 = 5;
+/// How long the rollout counts may take to show agents just written (a search sees the agents
+/// as of the index's last refresh).
+const COUNTS_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Runs every config case against `store`, one after the other.
+pub async fn run_configs<S: AgentStore + ConfigStore>(store: &S) {
+    config_get_of_unknown_name_is_none(store).await;
+    config_create_then_get_round_trips_every_field(store).await;
+    config_create_twice_conflicts(store).await;
+    config_replace_at_read_version(store).await;
+    config_stale_version_conflicts_and_keeps_stored(store).await;
+    config_concurrent_cas_increments_lose_no_update(store).await;
+    config_delete_at_version_and_stale_delete_conflicts(store).await;
+    config_versions_are_in_name_order_and_reflect_writes(store).await;
+    rollout_counts_count_agents_by_desired_config_and_status(store).await;
+}
+
+/// Generates one `#[tokio::test]` per config case, like
+/// [`conformance_tests!`](crate::conformance_tests).
+#[macro_export]
+macro_rules! config_conformance_tests {
+    ($fixture:expr) => {
+        $crate::config_conformance_tests!($fixture, |store| &store);
+    };
+    ($fixture:expr, |$f:ident| $store:expr) => {
+        $crate::conformance_tests!(@cases ($fixture, $f, $store);
+            config_get_of_unknown_name_is_none,
+            config_create_then_get_round_trips_every_field,
+            config_create_twice_conflicts,
+            config_replace_at_read_version,
+            config_stale_version_conflicts_and_keeps_stored,
+            config_concurrent_cas_increments_lose_no_update,
+            config_delete_at_version_and_stale_delete_conflicts,
+            config_versions_are_in_name_order_and_reflect_writes,
+            rollout_counts_count_agents_by_desired_config_and_status,
+        );
+    };
+}
+
+/// A config name no other case (or run) uses, ending in `suffix`.
+pub fn config_name(suffix: &str) -> String {
+    format!("conformance-{}-{suffix}", InstanceUid::new_v7())
+}
+
+/// A config with one file of `body`, selecting `service.name=otelcol`, at the start of its
+/// rollout.
+pub fn stored_config(name: &str, body: &str) -> StoredConfig {
+    let config = RemoteConfig::new(
+        name.to_owned(),
+        [("service.name".to_owned(), "otelcol".to_owned())].into(),
+        [(
+            "collector.yaml".to_owned(),
+            ConfigFile { body: body.to_owned(), content_type: "text/yaml".to_owned() },
+        )]
+        .into(),
+        RolloutPolicy { max_agents_per_minute: Some(50), pause_on_failures: Some(3) },
+    )
+    .expect("a valid config");
+    StoredConfig::new(Arc::new(config), 1_700_000_000_000)
+}
+
+/// A config using every field: unicode, several files, an empty content type, a rollout state
+/// that is paused with failures and claims.
+pub fn full_config(name: &str) -> StoredConfig {
+    let config = RemoteConfig::new(
+        name.to_owned(),
+        [
+            ("service.name".to_owned(), "otelcol-ü".to_owned()),
+            ("deployment.environment".to_owned(), String::new()),
+            ("host.name".to_owned(), "höst-東京-1".to_owned()),
+        ]
+        .into(),
+        [
+            (
+                "collector.yaml".to_owned(),
+                ConfigFile {
+                    body: "receivers:\n  otlp: {}\n# ü 東京 \u{1F600} \"quoted\" \\ back\n".into(),
+                    content_type: "text/yaml".to_owned(),
+                },
+            ),
+            (
+                "extra.json".to_owned(),
+                ConfigFile { body: "{}".into(), content_type: String::new() },
+            ),
+            ("empty".to_owned(), ConfigFile { body: String::new(), content_type: "x/y".into() }),
+        ]
+        .into(),
+        RolloutPolicy { max_agents_per_minute: Some(u32::MAX), pause_on_failures: Some(1) },
+    )
+    .expect("a valid config");
+    let mut stored = StoredConfig::new(Arc::new(config), 1_700_000_123_456);
+    stored.rollout.paused = true;
+    stored.rollout.failures = 7;
+    stored.rollout.claims = vec![
+        SlotClaim { at: 1_700_000_100_000, count: 3 },
+        SlotClaim { at: 1_700_000_101_000, count: u32::MAX },
+    ];
+    stored
+}
+
+/// The same config with an empty selector, no files, no rollout policy.
+fn bare_config(name: &str) -> StoredConfig {
+    let config = RemoteConfig::new(
+        name.to_owned(),
+        Default::default(),
+        Default::default(),
+        RolloutPolicy::default(),
+    )
+    .expect("a valid config");
+    StoredConfig::new(Arc::new(config), 0)
+}
+
+async fn get_config<S: ConfigStore>(store: &S, name: &str) -> VersionedConfig {
+    match store.get_config(name).await {
+        Ok(Some(v)) => v,
+        other => panic!("expected config {name} to exist, got {other:?}"),
+    }
+}
+
+async fn create_config<S: ConfigStore>(store: &S, config: &StoredConfig) -> Version {
+    store
+        .put_config(config, Precondition::Absent)
+        .await
+        .unwrap_or_else(|e| panic!("create of config {} failed: {e}", config.config.name()))
+}
+
+/// Deletes the named configs at their current version (the end of every case).
+async fn delete_configs<S: ConfigStore>(store: &S, names: &[&str]) {
+    for name in names {
+        if let Some(v) = store.get_config(name).await.expect("read before delete") {
+            store.delete_config(name, v.version).await.expect("delete at the read version");
+        }
+    }
+}
+
+pub async fn config_get_of_unknown_name_is_none<S: ConfigStore>(store: &S) {
+    assert_eq!(store.get_config(&config_name("unknown")).await, Ok(None));
+    // not a name at all: no such config either, not an error
+    for odd in ["", ".", "a/b", "with space", &"x".repeat(300)] {
+        assert_eq!(store.get_config(odd).await, Ok(None), "{odd:?}");
+    }
+}
+
+pub async fn config_create_then_get_round_trips_every_field<S: ConfigStore>(store: &S) {
+    let full = full_config(&config_name("full"));
+    let version = create_config(store, &full).await;
+    assert_eq!(
+        get_config(store, full.config.name()).await,
+        VersionedConfig { stored: full.clone(), version }
+    );
+
+    let bare = bare_config(&config_name("bare"));
+    let bare_version = create_config(store, &bare).await;
+    assert_eq!(
+        get_config(store, bare.config.name()).await,
+        VersionedConfig { stored: bare.clone(), version: bare_version }
+    );
+    delete_configs(store, &[full.config.name(), bare.config.name()]).await;
+}
+
+pub async fn config_create_twice_conflicts<S: ConfigStore>(store: &S) {
+    let name = config_name("twice");
+    let first = stored_config(&name, "a: 1");
+    let version = create_config(store, &first).await;
+    let second = stored_config(&name, "a: 2");
+    assert_eq!(store.put_config(&second, Precondition::Absent).await, Err(StoreError::Conflict));
+    assert_eq!(
+        get_config(store, &name).await,
+        VersionedConfig { stored: first, version },
+        "a failed create must not overwrite"
+    );
+    delete_configs(store, &[&name]).await;
+}
+
+pub async fn config_replace_at_read_version<S: ConfigStore>(store: &S) {
+    let name = config_name("replace");
+    let created = create_config(store, &stored_config(&name, "a: 1")).await;
+    let read = get_config(store, &name).await;
+    assert_eq!(read.version, created);
+
+    // new content: a new hash and a new rollout
+    let changed = stored_config(&name, "a: 2");
+    assert_ne!(changed.config.hash(), read.stored.config.hash());
+    let v2 = store.put_config(&changed, Precondition::Version(created)).await.expect("replace");
+    assert_ne!(v2, created, "a write must produce a new version");
+    assert_eq!(
+        get_config(store, &name).await,
+        VersionedConfig { stored: changed.clone(), version: v2 }
+    );
+
+    // rollout state only
+    let mut claimed = changed.clone();
+    claimed.rollout.claims.push(SlotClaim { at: 1_700_000_000_500, count: 2 });
+    let v3 = store.put_config(&claimed, Precondition::Version(v2)).await.expect("second replace");
+    assert!(v3 != v2 && v3 != created);
+    assert_eq!(get_config(store, &name).await, VersionedConfig { stored: claimed, version: v3 });
+
+    // a rollout state of another hash is refused, not stored
+    let mut mismatched = changed;
+    mismatched.rollout.hash = [0xaa; 32];
+    let refused = store.put_config(&mismatched, Precondition::Version(v3)).await;
+    assert!(matches!(refused, Err(StoreError::Backend(_))), "{refused:?}");
+    assert_eq!(get_config(store, &name).await.version, v3);
+    delete_configs(store, &[&name]).await;
+}
+
+pub async fn config_stale_version_conflicts_and_keeps_stored<S: ConfigStore>(store: &S) {
+    let name = config_name("stale");
+    let stale = create_config(store, &stored_config(&name, "a: 1")).await;
+    let fresh_config = stored_config(&name, "a: 2");
+    let fresh =
+        store.put_config(&fresh_config, Precondition::Version(stale)).await.expect("replace");
+
+    let loser = stored_config(&name, "a: 3");
+    assert_eq!(
+        store.put_config(&loser, Precondition::Version(stale)).await,
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(
+        get_config(store, &name).await,
+        VersionedConfig { stored: fresh_config, version: fresh },
+        "a conflicting write must leave the stored config unchanged"
+    );
+
+    // an update of a config that does not exist does not create it
+    let missing = stored_config(&config_name("missing"), "a: 1");
+    assert_eq!(
+        store.put_config(&missing, Precondition::Version(fresh)).await,
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(store.get_config(missing.config.name()).await, Ok(None));
+    delete_configs(store, &[&name]).await;
+}
+
+pub async fn config_concurrent_cas_increments_lose_no_update<S: ConfigStore>(store: &S) {
+    let name = config_name("increments");
+    create_config(store, &stored_config(&name, "a: 1")).await;
+    let writers = (0..CONFIG_WRITERS).map(|_| async {
+        for _ in 0..CONFIG_INCREMENTS_PER_WRITER {
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                assert!(attempts < MAX_CAS_ATTEMPTS, "config cas livelocked");
+                let VersionedConfig { mut stored, version } = get_config(store, &name).await;
+                stored.rollout.record_failures(stored.config.rollout(), 1);
+                match store.put_config(&stored, Precondition::Version(version)).await {
+                    Ok(_) => break,
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) if e.is_transient() => {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    Err(e) => panic!("config cas update failed: {e}"),
+                }
+            }
+        }
+    });
+    join_all(writers).await;
+    let got = get_config(store, &name).await.stored.rollout;
+    assert_eq!(got.failures, CONFIG_WRITERS * CONFIG_INCREMENTS_PER_WRITER, "lost update");
+    assert!(got.paused, "pause_on_failures 3 was reached");
+    delete_configs(store, &[&name]).await;
+}
+
+pub async fn config_delete_at_version_and_stale_delete_conflicts<S: ConfigStore>(store: &S) {
+    let name = config_name("delete");
+    let v1 = create_config(store, &stored_config(&name, "a: 1")).await;
+    let v2 = store
+        .put_config(&stored_config(&name, "a: 2"), Precondition::Version(v1))
+        .await
+        .expect("replace");
+    assert_eq!(store.delete_config(&name, v1).await, Err(StoreError::Conflict), "stale delete");
+    assert_eq!(get_config(store, &name).await.version, v2, "a stale delete removes nothing");
+
+    store.delete_config(&name, v2).await.expect("delete at the current version");
+    assert_eq!(store.get_config(&name).await, Ok(None));
+    assert_eq!(store.delete_config(&name, v2).await, Err(StoreError::Conflict), "already gone");
+    assert!(
+        store.config_versions().await.expect("versions").iter().all(|(n, _)| *n != name),
+        "a deleted config is not listed"
+    );
+
+    // created again, it takes no version its predecessor had: a writer holding one loses
+    let v3 = create_config(store, &stored_config(&name, "a: 3")).await;
+    assert!(v3 != v1 && v3 != v2, "{v3:?} reuses a version of the deleted config");
+    for old in [v1, v2] {
+        assert_eq!(
+            store.put_config(&stored_config(&name, "a: 4"), Precondition::Version(old)).await,
+            Err(StoreError::Conflict)
+        );
+        assert_eq!(store.delete_config(&name, old).await, Err(StoreError::Conflict));
+    }
+    delete_configs(store, &[&name]).await;
+    assert_eq!(store.delete_config("not a name", v3).await, Err(StoreError::Conflict));
+}
+
+pub async fn config_versions_are_in_name_order_and_reflect_writes<S: ConfigStore>(store: &S) {
+    // created out of order; the names share a prefix so they sort among themselves
+    let prefix = config_name("order");
+    let names: Vec<String> =
+        ["c", "A", "b-2", "b.1", "_z"].iter().map(|s| format!("{prefix}-{s}")).collect();
+    let mut expected = Vec::new();
+    for name in &names {
+        let version = create_config(store, &stored_config(name, "a: 1")).await;
+        expected.push((name.clone(), version));
+    }
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    let ours = |all: Vec<(String, Version)>| -> Vec<(String, Version)> {
+        for pair in all.windows(2) {
+            assert!(
+                pair[0].0 < pair[1].0,
+                "not in name order: {:?} before {:?}",
+                pair[0].0,
+                pair[1].0
+            );
+        }
+        all.into_iter().filter(|(n, _)| n.starts_with(&prefix)).collect()
+    };
+    assert_eq!(ours(store.config_versions().await.expect("versions")), expected);
+
+    // a replace shows at once
+    let (name, version) = expected[1].clone();
+    let replaced = store
+        .put_config(&stored_config(&name, "a: 2"), Precondition::Version(version))
+        .await
+        .expect("replace");
+    expected[1].1 = replaced;
+    assert_eq!(ours(store.config_versions().await.expect("versions")), expected);
+
+    // and so does a delete
+    let (name, version) = expected.remove(0);
+    store.delete_config(&name, version).await.expect("delete");
+    assert_eq!(ours(store.config_versions().await.expect("versions")), expected);
+    let rest: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    delete_configs(store, &rest).await;
+}
+
+/// An agent whose desired config is `desired` (name and the hash it was matched at), reporting
+/// `reported` (hash and status) if any.
+fn agent_with_config(
+    desired: Option<(&str, ConfigHash)>,
+    reported: Option<(&[u8], v1::RemoteConfigStatuses)>,
+) -> AgentRecord {
+    let mut record = minimal_record(InstanceUid::new_v7());
+    record.desired_config =
+        desired.map(|(name, hash)| Arc::new(DesiredConfig { name: name.to_owned(), hash }));
+    record.remote_config_status = reported.map(|(hash, status)| {
+        Arc::new(v1::RemoteConfigStatus {
+            last_remote_config_hash: hash.to_vec().into(),
+            status: status as i32,
+            error_message: String::new(),
+        })
+    });
+    record
+}
+
+pub async fn rollout_counts_count_agents_by_desired_config_and_status<
+    S: AgentStore + ConfigStore,
+>(
+    store: &S,
+) {
+    use v1::RemoteConfigStatuses::{Applied, Applying, Failed, Unset};
+    let a = stored_config(&config_name("counts-a"), "a: 2");
+    let b = stored_config(&config_name("counts-b"), "b: 1");
+    create_config(store, &a).await;
+    create_config(store, &b).await;
+    let (an, ah) = (a.config.name(), *a.config.hash());
+    let (bn, bh) = (b.config.name(), *b.config.hash());
+    // the hash `a` had before its content changed
+    let old = *stored_config(an, "a: 1").config.hash();
+    let other = config_name("counts-other");
+
+    let mut agents = Vec::new();
+    let mut add = |n: usize,
+                   desired: Option<(&str, ConfigHash)>,
+                   reported: Option<(&[u8], v1::RemoteConfigStatuses)>| {
+        agents.extend((0..n).map(|_| agent_with_config(desired, reported)));
+    };
+    add(3, Some((an, ah)), Some((&ah, Applied)));
+    add(2, Some((an, ah)), Some((&ah, Applying)));
+    add(1, Some((an, ah)), Some((&ah, Failed)));
+    // pending: the old hash applied (matched at the old hash, or at the new one), no status yet,
+    // status unset, a hash of another length
+    add(1, Some((an, old)), Some((&old, Applied)));
+    add(1, Some((an, ah)), Some((&old, Failed)));
+    add(1, Some((an, ah)), None);
+    add(1, Some((an, ah)), Some((&ah, Unset)));
+    add(1, Some((an, ah)), Some((&ah[..16], Applied)));
+    add(1, Some((bn, bh)), Some((&bh, Failed)));
+    add(1, Some((bn, bh)), Some((&ah, Applied)));
+    // not matched: another config, or none (whatever they report)
+    add(2, Some((&other, ah)), Some((&ah, Applied)));
+    add(1, None, Some((&ah, Applied)));
+    join_all(agents.iter().map(|r| create(store, r))).await;
+
+    let asked = [
+        (an.to_owned(), ah),
+        (bn.to_owned(), bh),
+        (config_name("counts-nobody"), ah),
+        (an.to_owned(), old),
+    ];
+    let expected = [
+        RolloutCounts { matched: 11, applied: 3, applying: 2, failed: 1, pending: 5 },
+        RolloutCounts { matched: 2, applied: 0, applying: 0, failed: 1, pending: 1 },
+        RolloutCounts::default(),
+        // asked for the old hash: only the agent reporting it applied counts as applied
+        RolloutCounts { matched: 11, applied: 1, applying: 0, failed: 1, pending: 9 },
+    ];
+    let started = std::time::Instant::now();
+    loop {
+        let got = store.rollout_counts(&asked).await.expect("rollout counts");
+        if got == expected {
+            break;
+        }
+        assert!(started.elapsed() < COUNTS_WITHIN, "rollout counts {got:?}, expected {expected:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.rollout_counts(&[]).await, Ok(vec![]));
+    delete_configs(store, &[an, bn]).await;
+}

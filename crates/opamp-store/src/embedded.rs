@@ -13,6 +13,11 @@
 //! of service (reads and writes answer `Unavailable` at once) and reopens it (redb repairs the
 //! file from its last commit), retrying until that works: service resumes by itself once the
 //! disk has room again.
+//!
+//! Remote configs live in the same file ([`ConfigStore`]): a `configs` table by name, written
+//! through the same writer (so the same full-disk rules hold), read in read transactions. Their
+//! versions come from one counter for all configs, never reused, so a config deleted and created
+//! again does not take a version its predecessor had (a stale writer cannot overwrite it).
 
 use std::io;
 use std::ops::Bound;
@@ -23,17 +28,34 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use opamp_core::AgentRecord;
+use opamp_core::remote_config::ConfigHash;
 use opamp_proto::InstanceUid;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::configs::{
+    self, ConfigStore, MAX_CONFIGS, RolloutCounts, StoredConfig, VersionedConfig,
+};
 use crate::metrics as m;
 use crate::{AgentStore, Precondition, StoreError, Version, Versioned, codec};
 
 /// uid bytes -> 8-byte big-endian `seq_no` followed by the [`codec`] encoding. Byte-array keys
 /// sort like the canonical uuid strings, so listing order matches Elasticsearch's `_id` order.
 const AGENTS: TableDefinition<'static, [u8; 16], &[u8]> = TableDefinition::new("agents");
+
+/// Config name -> 8-byte big-endian `seq_no` followed by the config's JSON
+/// ([`configs::to_json`]). Names sort by bytes, which for their ASCII alphabet is name order.
+const CONFIGS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("configs");
+
+/// Counters that outlive the rows they numbered.
+const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+
+/// The last `seq_no` given to a config write (create, replace or delete).
+const CONFIG_SEQ_NO: &str = "config_seq_no";
 
 /// The embedded store has a single writer forever, so the term never changes; only `seq_no`
 /// moves. Fixed and non-zero so a made-up `Version::default()`-like value never matches.
@@ -112,9 +134,11 @@ impl Opener {
             .set_cache_size(self.cache_size)
             .create(path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        // Create the table up front so readers never see "no such table".
+        // Create the tables up front so readers never see "no such table".
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(AGENTS).map_err(storage)?;
+        txn.open_table(CONFIGS).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(db)
     }
@@ -130,7 +154,20 @@ enum Op {
         reply: oneshot::Sender<Result<Version, StoreError>>,
     },
     /// Answered once every write queued before it is committed.
-    Flush { reply: oneshot::Sender<Result<(), StoreError>> },
+    Flush {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    PutConfig {
+        name: String,
+        json: Vec<u8>,
+        precondition: Precondition,
+        reply: oneshot::Sender<Result<Version, StoreError>>,
+    },
+    DeleteConfig {
+        name: String,
+        version: Version,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 impl EmbeddedStore {
@@ -190,19 +227,36 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    /// Runs a read transaction on the blocking pool: redb reads may touch the disk.
+    /// Runs a read of the agents table on the blocking pool: redb reads may touch the disk.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::ReadOnlyTable<[u8; 16], &[u8]>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.read_txn(move |txn| f(&txn.open_table(AGENTS).map_err(storage)?)).await
+    }
+
+    /// Runs a read transaction on the blocking pool.
+    async fn read_txn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let db = self.db.get()?;
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(storage)?;
-            let table = txn.open_table(AGENTS).map_err(storage)?;
-            f(&table)
+        tokio::task::spawn_blocking(move || f(&db.begin_read().map_err(storage)?))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+
+    /// Queues a write for the writer; `Overloaded` when the queue is full.
+    fn enqueue(&self, op: Op) -> Result<(), StoreError> {
+        self.queue.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!(m::STORE_OVERLOADED_TOTAL, "backend" => m::EMBEDDED).increment(1);
+                StoreError::Overloaded
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                StoreError::Unavailable("store writer stopped".into())
+            }
         })
-        .await
-        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
 }
 
@@ -278,15 +332,7 @@ impl AgentStore for EmbeddedStore {
             precondition,
             reply,
         };
-        self.queue.try_send(op).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                metrics::counter!(m::STORE_OVERLOADED_TOTAL, "backend" => m::EMBEDDED).increment(1);
-                StoreError::Overloaded
-            }
-            mpsc::error::TrySendError::Closed(_) => {
-                StoreError::Unavailable("store writer stopped".into())
-            }
-        })?;
+        self.enqueue(op)?;
         answer.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
     }
 
@@ -329,6 +375,109 @@ impl AgentStore for EmbeddedStore {
                 }
             }
             Ok(records)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ConfigStore for EmbeddedStore {
+    async fn config_versions(&self) -> Result<Vec<(String, Version)>, StoreError> {
+        self.read_txn(|txn| {
+            let table = txn.open_table(CONFIGS).map_err(storage)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(storage)? {
+                let (name, value) = entry.map_err(storage)?;
+                let (seq_no, _) = split_value(value.value())?;
+                out.push((name.value().to_owned(), Version { seq_no, primary_term: PRIMARY_TERM }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_config(&self, name: &str) -> Result<Option<VersionedConfig>, StoreError> {
+        let name = name.to_owned();
+        self.read_txn(move |txn| {
+            let table = txn.open_table(CONFIGS).map_err(storage)?;
+            let Some(value) = table.get(name.as_str()).map_err(storage)? else { return Ok(None) };
+            let (seq_no, json) = split_value(value.value())?;
+            let json: serde_json::Value = serde_json::from_slice(json)
+                .map_err(|e| StoreError::Corrupt(format!("stored config {name}: {e}")))?;
+            let stored = configs::from_json(&json)?;
+            if stored.config.name() != name {
+                return Err(StoreError::Corrupt(format!(
+                    "stored config {name} holds config {}",
+                    stored.config.name()
+                )));
+            }
+            let version = Version { seq_no, primary_term: PRIMARY_TERM };
+            Ok(Some(VersionedConfig { stored, version }))
+        })
+        .await
+    }
+
+    async fn put_config(
+        &self,
+        config: &StoredConfig,
+        precondition: Precondition,
+    ) -> Result<Version, StoreError> {
+        config.check().map_err(StoreError::Backend)?;
+        let json = serde_json::to_vec(&configs::to_json(config))
+            .map_err(|e| StoreError::Backend(format!("cannot encode config: {e}")))?;
+        let (reply, answer) = oneshot::channel();
+        let name = config.config.name().to_owned();
+        self.enqueue(Op::PutConfig { name, json, precondition, reply })?;
+        answer.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+
+    async fn delete_config(&self, name: &str, version: Version) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Op::DeleteConfig { name: name.to_owned(), version, reply })?;
+        answer.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+
+    /// One read transaction over every agent, each decoded and counted as it is read: memory
+    /// stays bounded by the number of configs, whatever the fleet's size. An agent whose stored
+    /// bytes cannot be decoded is left out of the counts (and logged), rather than hiding every
+    /// config's rollout behind one bad record.
+    async fn rollout_counts(
+        &self,
+        configs: &[(String, ConfigHash)],
+    ) -> Result<Vec<RolloutCounts>, StoreError> {
+        if configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let configs = configs.to_vec();
+        self.read(move |table| {
+            let mut counts = vec![RolloutCounts::default(); configs.len()];
+            let mut by_name: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+            for (i, (name, _)) in configs.iter().enumerate() {
+                by_name.entry(name.as_str()).or_default().push(i);
+            }
+            let mut unreadable = 0u64;
+            for entry in table.iter().map_err(storage)? {
+                let (_, value) = entry.map_err(storage)?;
+                let record = match split_value(value.value()).and_then(|(_, b)| codec::decode(b)) {
+                    Ok(record) => record,
+                    Err(_) => {
+                        unreadable += 1;
+                        continue;
+                    }
+                };
+                let Some(desired) = record.desired_config.as_deref() else { continue };
+                let Some(indices) = by_name.get(desired.name.as_str()) else { continue };
+                for &i in indices {
+                    counts[i].count(&configs[i].1, record.remote_config_status.as_deref());
+                }
+            }
+            if unreadable > 0 {
+                tracing::warn!(
+                    unreadable,
+                    "rollout counts left out agents whose records are unreadable"
+                );
+            }
+            Ok(counts)
         })
         .await
     }
@@ -450,20 +599,20 @@ async fn reopen(db: &Slot, opener: &Opener, rx: &mut mpsc::Receiver<Op>) -> bool
 /// Answers an op that cannot be applied now. A flush has nothing left to wait for: every write
 /// before it was answered.
 fn refuse(op: Op, err: &StoreError) {
+    refused(op, err).send();
+}
+
+/// The answer to an op that is not applied because of `err`.
+fn refused(op: Op, err: &StoreError) -> Answer {
     match op {
-        Op::Put { reply, .. } => drop(reply.send(Err(err.clone()))),
-        Op::Flush { reply } => drop(reply.send(Ok(()))),
+        Op::Put { reply, .. } | Op::PutConfig { reply, .. } => Answer::Put(reply, Err(err.clone())),
+        Op::DeleteConfig { reply, .. } => Answer::Flush(reply, Err(err.clone())),
+        Op::Flush { reply } => Answer::Flush(reply, Ok(())),
     }
 }
 
 fn refuse_all(ops: Vec<Op>, err: &StoreError) -> (Vec<Answer>, Result<usize, StoreError>) {
-    let answers = ops
-        .into_iter()
-        .map(|op| match op {
-            Op::Put { reply, .. } => Answer::Put(reply, Err(err.clone())),
-            Op::Flush { reply } => Answer::Flush(reply, Ok(())),
-        })
-        .collect();
+    let answers = ops.into_iter().map(|op| refused(op, err)).collect();
     (answers, Err(err.clone()))
 }
 
@@ -487,7 +636,8 @@ async fn gather(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, config: &Embed
     }
 }
 
-/// A reply to send once the batch's fate is known.
+/// A reply to send once the batch's fate is known: a new version (agent and config writes), or
+/// done (flushes, config deletes).
 enum Answer {
     Put(oneshot::Sender<Result<Version, StoreError>>, Result<Version, StoreError>),
     Flush(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
@@ -524,6 +674,8 @@ fn commit_batch(db: &Database, ops: Vec<Op>) -> (Vec<Answer>, Result<usize, Stor
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         {
             let mut table = txn.open_table(AGENTS).map_err(storage)?;
+            let mut config_table = txn.open_table(CONFIGS).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
             for op in pending.by_ref() {
                 match op {
                     Op::Put { uid, bytes, precondition, reply } => {
@@ -560,6 +712,17 @@ fn commit_batch(db: &Database, ops: Vec<Op>) -> (Vec<Answer>, Result<usize, Stor
                         answers.push(Answer::Put(reply, outcome));
                     }
                     Op::Flush { reply } => answers.push(Answer::Flush(reply, Ok(()))),
+                    Op::PutConfig { name, json, precondition, reply } => {
+                        let outcome =
+                            put_config(&mut config_table, &mut meta, &name, &json, precondition)?;
+                        writes += usize::from(outcome.is_ok());
+                        answers.push(Answer::Put(reply, outcome));
+                    }
+                    Op::DeleteConfig { name, version, reply } => {
+                        let outcome = delete_config(&mut config_table, &mut meta, &name, version)?;
+                        writes += usize::from(outcome.is_ok());
+                        answers.push(Answer::Flush(reply, outcome));
+                    }
                 }
             }
         }
@@ -579,4 +742,69 @@ fn commit_batch(db: &Database, ops: Vec<Op>) -> (Vec<Answer>, Result<usize, Stor
             (failed, Err(err))
         }
     }
+}
+
+type ConfigTable<'txn> = redb::Table<'txn, &'static str, &'static [u8]>;
+type MetaTable<'txn> = redb::Table<'txn, &'static str, u64>;
+
+/// The version a config is stored at now: `None` when absent. The outer error fails the whole
+/// transaction (a disk error); the inner one only this op (unreadable bytes).
+fn config_seq_no(
+    table: &ConfigTable<'_>,
+    name: &str,
+) -> Result<Option<Result<u64, StoreError>>, StoreError> {
+    Ok(table
+        .get(name)
+        .map_err(storage)?
+        .map(|value| split_value(value.value()).map(|(seq, _)| seq)))
+}
+
+/// The next config `seq_no`, counted in the meta table so none is ever given twice.
+fn next_config_seq_no(meta: &mut MetaTable<'_>) -> Result<u64, StoreError> {
+    let last = meta.get(CONFIG_SEQ_NO).map_err(storage)?.map_or(0, |v| v.value());
+    let next = last + 1;
+    meta.insert(CONFIG_SEQ_NO, next).map_err(storage)?;
+    Ok(next)
+}
+
+/// One config write inside the batch's transaction. Outer error: the transaction fails (disk);
+/// inner: this write's answer.
+fn put_config(
+    table: &mut ConfigTable<'_>,
+    meta: &mut MetaTable<'_>,
+    name: &str,
+    json: &[u8],
+    precondition: Precondition,
+) -> Result<Result<Version, StoreError>, StoreError> {
+    match (precondition, config_seq_no(table, name)?) {
+        (_, Some(Err(corrupt))) => return Ok(Err(corrupt)),
+        (Precondition::Absent, None) => {
+            if table.len().map_err(storage)? >= MAX_CONFIGS as u64 {
+                return Ok(Err(configs::too_many()));
+            }
+        }
+        (Precondition::Version(v), Some(Ok(seq)))
+            if v.primary_term == PRIMARY_TERM && v.seq_no == seq => {}
+        _ => return Ok(Err(StoreError::Conflict)),
+    }
+    let seq_no = next_config_seq_no(meta)?;
+    table.insert(name, join_value(seq_no, json).as_slice()).map_err(storage)?;
+    Ok(Ok(Version { seq_no, primary_term: PRIMARY_TERM }))
+}
+
+fn delete_config(
+    table: &mut ConfigTable<'_>,
+    meta: &mut MetaTable<'_>,
+    name: &str,
+    version: Version,
+) -> Result<Result<(), StoreError>, StoreError> {
+    match config_seq_no(table, name)? {
+        Some(Ok(seq)) if version.primary_term == PRIMARY_TERM && version.seq_no == seq => {}
+        Some(Err(corrupt)) => return Ok(Err(corrupt)),
+        _ => return Ok(Err(StoreError::Conflict)),
+    }
+    table.remove(name).map_err(storage)?;
+    // a delete is a write too: the version a re-created config gets is new
+    next_config_seq_no(meta)?;
+    Ok(Ok(()))
 }

@@ -169,6 +169,47 @@ impl SecuredCluster {
         }
     }
 
+    /// Creates `index` as `elastic` with `body` (settings and mappings); ES may warn about a
+    /// dot-prefixed name, which is no error.
+    pub async fn create_index(&self, index: &str, body: Value) {
+        let (status, answer) =
+            call(&self.elastic, Method::Put, &format!("/{index}"), Some(body)).await;
+        assert_eq!(status, 200, "creating {index} as elastic: {answer}");
+    }
+
+    /// Deletes `index` as `elastic`, if it exists.
+    pub async fn delete_index(&self, index: &str) {
+        let (status, answer) =
+            call(&self.elastic, Method::Delete, &format!("/{index}"), None).await;
+        assert!(matches!(status, 200 | 404), "deleting {index} as elastic: {answer}");
+    }
+
+    /// The concrete indices `name` (an index or alias) resolves to, as `elastic` sees them;
+    /// empty when there is none.
+    pub async fn resolve(&self, name: &str) -> Vec<String> {
+        let path = format!("/_resolve/index/{name}?expand_wildcards=all");
+        let (status, answer) = call(&self.elastic, Method::Get, &path, None).await;
+        assert!(matches!(status, 200 | 404), "resolving {name}: {answer}");
+        let mut out: Vec<String> = answer["indices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["name"].as_str().map(str::to_owned))
+            .collect();
+        for alias in answer["aliases"].as_array().into_iter().flatten() {
+            out.extend(
+                alias["indices"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.as_str().map(str::to_owned)),
+            );
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Runs `test` within `limit`, then [`close`](Self::close)s, also when the test failed
     /// (the failure is then raised again).
     pub async fn run<T>(self, limit: Duration, test: impl AsyncFnOnce(&Self) -> T) -> T {

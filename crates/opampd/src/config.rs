@@ -107,9 +107,9 @@ pub struct Cli {
     #[arg(long, env = "OPAMPD_ES_CA_CERT")]
     pub es_ca_cert: Option<PathBuf>,
 
-    /// Elasticsearch index of the remote configs (default: the agent index's name followed by
-    /// `-opampd-configs`, e.g. `.fleet-agents-opampd-configs`, which fleet-server's service
-    /// account may create and write).
+    /// Elasticsearch index of the remote configs. Default: `.fleet-policies-opampd-configs` next
+    /// to fleet's `.fleet-agents` (an index fleet-server's service account may create and write
+    /// without touching fleet's own), else the agent index's name followed by `-opampd-configs`.
     #[arg(long, env = "OPAMPD_ES_CONFIG_INDEX")]
     pub es_config_index: Option<String>,
 

@@ -96,6 +96,10 @@ fn decide(stored: AgentRecord, msg: &AgentToServer, set: &ConfigSet, allow: bool
     .expect("accepted")
 }
 
+/// (why, capabilities, reported, offered, configs, permit, sent?, desired set?)
+type Row<'a> =
+    (&'a str, u64, Option<RemoteConfigStatus>, Option<[u8; 32]>, &'a ConfigSet, bool, bool, bool);
+
 #[test]
 fn the_send_decision_table() {
     use RemoteConfigStatuses::{Applied, Applying, Failed, Unset};
@@ -107,7 +111,7 @@ fn the_send_decision_table() {
     let none = ConfigSet::default();
     // (why, capabilities, reported, offered, configs, permit, sent?, desired set?)
     #[rustfmt::skip]
-    let rows: Vec<(&str, u64, Option<RemoteConfigStatus>, Option<[u8; 32]>, &ConfigSet, bool, bool, bool)> = vec![
+    let rows: Vec<Row<'_>> = vec![
         ("never had it: sent", ACCEPTS, None, None, &set, true, true, true),
         ("reports another hash: sent", ACCEPTS, Some(status(&other, Applied)), None, &set, true, true, true),
         ("reports it UNSET: not sent (equal hash)", ACCEPTS, Some(status(&h, Unset)), None, &set, true, false, true),

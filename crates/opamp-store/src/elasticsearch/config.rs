@@ -18,6 +18,9 @@ use crate::{Secret, StoreError};
 /// The index Kibana Fleet lists agents from (ES resolves it to the system index `.fleet-agents-7`).
 pub const DEFAULT_INDEX: &str = ".fleet-agents";
 
+/// The remote-config index used next to fleet's agent index (see [`EsConfig::config_index`]).
+pub const DEFAULT_FLEET_CONFIG_INDEX: &str = ".fleet-policies-opampd-configs";
+
 /// The index Kibana Fleet keeps enrollment API keys in (agent authentication reads it).
 pub const DEFAULT_ENROLLMENT_INDEX: &str = ".fleet-enrollment-api-keys";
 
@@ -103,6 +106,8 @@ pub struct EsConfig {
     /// Index of fleet's enrollment API keys, read by agent authentication
     /// ([`EnrollmentAuth`](super::enrollment::EnrollmentAuth)).
     pub enrollment_index: String,
+    /// Index of the remote configs; `None` for the default, see [`config_index`](Self::config_index).
+    pub config_index: Option<String>,
     pub auth: EsAuth,
     /// Extra trust anchors for an `https` URL; `None` trusts the built-in web roots only.
     pub ca_cert: Option<CaCert>,
@@ -144,6 +149,7 @@ impl EsConfig {
             url,
             index: DEFAULT_INDEX.to_owned(),
             enrollment_index: DEFAULT_ENROLLMENT_INDEX.to_owned(),
+            config_index: None,
             auth: EsAuth::None,
             ca_cert: None,
             request_timeout: Duration::from_secs(10),
@@ -185,6 +191,19 @@ impl EsConfig {
                 format!("{:?} is not a valid index name: {why}", self.enrollment_index),
             );
         }
+        let config_index = self.config_index();
+        if let Err(why) = check_index_name(&config_index) {
+            return bad(
+                "config-index",
+                format!("{config_index:?} is not a valid index name: {why}"),
+            );
+        }
+        if config_index == self.index || config_index == self.enrollment_index {
+            return bad(
+                "config-index",
+                format!("{config_index:?} must differ from the agent and enrollment indices"),
+            );
+        }
         match &self.auth {
             EsAuth::ApiKey(key) if key.is_empty() => return bad("api-key", "is empty".into()),
             EsAuth::ServiceToken(token) if token.is_empty() => {
@@ -222,6 +241,28 @@ impl EsConfig {
             }
         }
         Ok(())
+    }
+
+    /// The index of the remote configs: `config_index`, or by default
+    /// [`DEFAULT_FLEET_CONFIG_INDEX`] when the agent index is one of fleet's (`.fleet-*`), and
+    /// the agent index's name followed by `-opampd-configs` otherwise.
+    ///
+    /// Why not `.fleet-agents-opampd-configs` next to `.fleet-agents` (measured on
+    /// Elasticsearch 8.12 with fleet-server's service token): it falls inside the `.fleet-agents*`
+    /// system index pattern. Elasticsearch refuses to create it explicitly, and a first write
+    /// creates it from the `.fleet-agents` descriptor *with the `.fleet-agents` alias*, after which
+    /// every read of an agent by id through `.fleet-agents` fails; not even a superuser may then
+    /// delete it or take it out of the alias. So opampd never lets a write create a config index
+    /// (config writes are refused while it is missing), and for fleet's indices it uses a
+    /// `.fleet-policies-*` name outside the `.fleet-policies-[0-9]+*` system pattern, which the
+    /// token may create (opampd does, with its mapping and no alias), read and write;
+    /// `opampd-configs` and `.fleet-opampd-configs` it may not create.
+    pub fn config_index(&self) -> String {
+        match &self.config_index {
+            Some(index) => index.clone(),
+            None if self.index.starts_with(".fleet-") => DEFAULT_FLEET_CONFIG_INDEX.to_owned(),
+            None => format!("{}-opampd-configs", self.index),
+        }
     }
 
     /// The URL without user info, safe to log even before [`validate`](Self::validate) ran.
@@ -288,6 +329,7 @@ impl fmt::Debug for EsConfig {
             .field("url", &self.redacted_url().as_str())
             .field("index", &self.index)
             .field("enrollment_index", &self.enrollment_index)
+            .field("config_index", &self.config_index)
             .field("auth", &self.auth)
             .field("ca_cert", &self.ca_cert)
             .field("request_timeout", &self.request_timeout)
@@ -367,6 +409,11 @@ mod tests {
         assert_eq!(rejected(|c| c.auth = EsAuth::ApiKey(Secret::new(""))), "api-key");
         assert_eq!(rejected(|c| c.auth = EsAuth::ServiceToken(Secret::new(""))), "service-token");
         assert_eq!(rejected(|c| c.enrollment_index = "A,B".into()), "enrollment-index");
+        assert_eq!(rejected(|c| c.config_index = Some("A,B".into())), "config-index");
+        assert_eq!(rejected(|c| c.config_index = Some(String::new())), "config-index");
+        assert_eq!(rejected(|c| c.config_index = Some(DEFAULT_INDEX.into())), "config-index");
+        // a valid agent index whose derived config index name is too long
+        assert_eq!(rejected(|c| c.index = "x".repeat(250)), "config-index");
         assert_eq!(rejected(|c| c.bulk_max_items = 0), "bulk-max-items");
         assert_eq!(rejected(|c| c.bulk_max_items = MAX_BATCH_ITEMS + 1), "bulk-max-items");
         assert_eq!(rejected(|c| c.bulks_in_flight = MAX_IN_FLIGHT + 1), "bulks-in-flight");
@@ -376,6 +423,19 @@ mod tests {
         assert_eq!(rejected(|c| c.bulk_max_wait = Duration::from_secs(2)), "bulk-max-wait");
         assert_eq!(rejected(|c| c.mget_max_wait = Duration::from_secs(5)), "mget-max-wait");
         assert_eq!(rejected(|c| c.request_timeout = Duration::ZERO), "request-timeout");
+    }
+
+    #[test]
+    fn the_config_index_defaults_to_a_fleet_policies_index_or_the_agent_index_with_a_suffix() {
+        let mut cfg = config();
+        assert_eq!(cfg.config_index(), ".fleet-policies-opampd-configs");
+        cfg.index = ".fleet-agents-custom".into();
+        assert_eq!(cfg.config_index(), DEFAULT_FLEET_CONFIG_INDEX, "never under .fleet-agents*");
+        cfg.index = "agents".into();
+        assert_eq!(cfg.config_index(), "agents-opampd-configs");
+        cfg.config_index = Some("my-configs".into());
+        assert_eq!(cfg.config_index(), "my-configs");
+        assert_eq!(cfg.validate(), Ok(()));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use opamp_core::AgentRecord;
+use opamp_core::remote_config::hash_hex;
 use opamp_proto::v1::{self, any_value};
 use opamp_proto::{InstanceUid, agent_caps};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -45,6 +46,18 @@ pub const READ_SOURCE_FIELDS: &[&str] = &[
     "policy_id",
     "namespaces",
 ];
+
+/// The keyword fields of `opampd.remote_config` the rollout counts filter on (mapped in an index
+/// opampd creates; in one whose mapping it cannot change, searched as runtime fields).
+pub const REMOTE_CONFIG_DESIRED_NAME: &str = "opampd.remote_config.desired_name";
+pub const REMOTE_CONFIG_DESIRED_HASH: &str = "opampd.remote_config.desired_hash";
+pub const REMOTE_CONFIG_OFFERED_HASH: &str = "opampd.remote_config.offered_hash";
+pub const REMOTE_CONFIG_REPORTED_HASH: &str = "opampd.remote_config.reported_hash";
+pub const REMOTE_CONFIG_STATUS: &str = "opampd.remote_config.status";
+
+/// Longest reported hash written (in bytes, before hex): an agent may report any bytes, and
+/// the hex must stay a keyword Lucene takes. A real config hash (32 bytes) is never cut.
+const MAX_REPORTED_HASH_BYTES: usize = MAX_KEYWORD_BYTES / 2;
 
 /// The non-identifying attribute holding an agent's tags, comma-separated (fleet-server's
 /// convention); it becomes the document's `tags` rather than an attribute.
@@ -113,10 +126,46 @@ pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
         audit_unenrolled_reason: record.unenrolled.map(|u| u.reason.as_str()),
         audit_unenrolled_time: record.unenrolled.map(|u| Rfc3339(u.at)),
         updated_at: Rfc3339(now_ms),
-        opampd: Opampd { schema_version: SCHEMA_VERSION, state: &state },
+        opampd: Opampd {
+            schema_version: SCHEMA_VERSION,
+            state: &state,
+            remote_config: remote_config(record),
+        },
     };
     // Serializing plain structs, strings and numbers into a Vec cannot fail.
     serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+/// `opampd.remote_config`: the config the agent should run next to the one it reports, so the
+/// rollout counts are one search and Kibana shows desired against reported. `None` when the
+/// record has none of it.
+fn remote_config(record: &AgentRecord) -> Option<RemoteConfigField<'_>> {
+    let desired = record.desired_config.as_deref();
+    let reported = record.remote_config_status.as_deref();
+    if desired.is_none() && record.offered_config.is_none() && reported.is_none() {
+        return None;
+    }
+    Some(RemoteConfigField {
+        desired_name: desired.map(|d| truncate(&d.name)),
+        desired_hash: desired.map(|d| hash_hex(&d.hash)),
+        offered_hash: record.offered_config.map(|o| hash_hex(&o.hash)),
+        reported_hash: reported
+            .map(|r| &r.last_remote_config_hash[..])
+            .filter(|h| !h.is_empty())
+            .map(|h| hash_hex(&h[..h.len().min(MAX_REPORTED_HASH_BYTES)])),
+        status: reported.map(|r| remote_config_status(r.status)),
+        error: reported.map(|r| truncate(&r.error_message)).filter(|e| !e.is_empty()),
+    })
+}
+
+/// A reported remote-config status as the document spells it (an unknown value is `unset`).
+pub fn remote_config_status(status: i32) -> &'static str {
+    match v1::RemoteConfigStatuses::try_from(status) {
+        Ok(v1::RemoteConfigStatuses::Applied) => "applied",
+        Ok(v1::RemoteConfigStatuses::Applying) => "applying",
+        Ok(v1::RemoteConfigStatuses::Failed) => "failed",
+        _ => "unset",
+    }
 }
 
 /// Reads the record back from a document's `_source` (only the `opampd` object is needed). A
@@ -242,7 +291,15 @@ pub fn mappings() -> Value {
             "opampd": {
                 "properties": {
                     "schema_version": { "type": "integer" },
-                    "state": { "type": "binary" }
+                    "state": { "type": "binary" },
+                    // `error` is stored, not indexed (dynamic: false)
+                    "remote_config": { "properties": {
+                        "desired_name": keyword,
+                        "desired_hash": keyword,
+                        "offered_hash": keyword,
+                        "reported_hash": keyword,
+                        "status": keyword
+                    } }
                 }
             }
         }
@@ -339,6 +396,25 @@ struct OsMeta<'a> {
 struct Opampd<'a> {
     schema_version: u64,
     state: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_config: Option<RemoteConfigField<'a>>,
+}
+
+/// `opampd.remote_config`, hashes in lowercase hex; absent parts are left out.
+#[derive(Serialize)]
+struct RemoteConfigField<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    desired_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    desired_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offered_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reported_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 /// Capability bits as their protobuf names (unknown bits are dropped here, kept in the blob).
@@ -669,6 +745,52 @@ mod tests {
         assert_eq!(doc["agent"].get("type"), None);
         assert_eq!(doc.get("policy_id"), None);
         assert_eq!(doc.get("effective_config"), None);
+    }
+
+    #[test]
+    fn remote_config_shows_desired_offered_and_reported() {
+        let doc: Value = serde_json::from_slice(&to_source(&record(), 0)).unwrap();
+        assert_eq!(doc["opampd"].get("remote_config"), None, "nothing of it, no object");
+
+        let mut r = record();
+        r.desired_config = Some(Arc::new(opamp_core::remote_config::DesiredConfig {
+            name: "edge".into(),
+            hash: [0xab; 32],
+        }));
+        r.offered_config =
+            Some(opamp_core::remote_config::OfferedConfig { hash: [0x01; 32], at: 5 });
+        r.remote_config_status = Some(Arc::new(v1::RemoteConfigStatus {
+            last_remote_config_hash: vec![0xcd; 32].into(),
+            status: v1::RemoteConfigStatuses::Failed as i32,
+            error_message: "bad yaml".into(),
+        }));
+        let doc: Value = serde_json::from_slice(&to_source(&r, 0)).unwrap();
+        assert_eq!(
+            doc["opampd"]["remote_config"],
+            json!({
+                "desired_name": "edge",
+                "desired_hash": "ab".repeat(32),
+                "offered_hash": "01".repeat(32),
+                "reported_hash": "cd".repeat(32),
+                "status": "failed",
+                "error": "bad yaml",
+            })
+        );
+        assert_eq!(from_source(&doc, r.instance_uid), Ok(r.clone()), "the blob still decides");
+
+        // a status alone; a huge reported hash is cut to a keyword, an unknown status is unset
+        r.desired_config = None;
+        r.offered_config = None;
+        r.remote_config_status = Some(Arc::new(v1::RemoteConfigStatus {
+            last_remote_config_hash: vec![0xee; 100_000].into(),
+            status: 99,
+            error_message: String::new(),
+        }));
+        let doc: Value = serde_json::from_slice(&to_source(&r, 0)).unwrap();
+        let rc = &doc["opampd"]["remote_config"];
+        assert_eq!(rc["status"], "unset");
+        assert_eq!(rc["reported_hash"].as_str().unwrap().len(), MAX_KEYWORD_BYTES);
+        assert_eq!(rc.as_object().unwrap().len(), 2, "{rc}");
     }
 
     #[test]

@@ -5,16 +5,19 @@
 //! `if_primary_term` alone, never on local state. Nothing here searches on the hot path or
 //! forces a refresh per write. Submodules: [`config`] (settings, client), [`document`] (the JSON
 //! document and mapping), `writer` (group commit), `reader` (`_mget` batching), [`enrollment`]
-//! (agent authentication with fleet's enrollment API keys, cached).
+//! (agent authentication with fleet's enrollment API keys, cached), `remote_configs` (the
+//! [`ConfigStore`](crate::ConfigStore): remote configs in their own index, rollout counts by
+//! one aggregation over the agents).
 
 pub mod config;
 pub mod document;
 pub mod enrollment;
 mod reader;
+mod remote_configs;
 mod writer;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,7 +36,8 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tracing::{info, warn};
 
 pub use config::{
-    CaCert, DEFAULT_ENROLLMENT_INDEX, DEFAULT_INDEX, EsAuth, EsConfig, InvalidEsConfig,
+    CaCert, DEFAULT_ENROLLMENT_INDEX, DEFAULT_FLEET_CONFIG_INDEX, DEFAULT_INDEX, EsAuth, EsConfig,
+    InvalidEsConfig,
 };
 
 use crate::metrics as m;
@@ -59,6 +63,17 @@ pub(crate) struct Shared {
     index_ready: AtomicBool,
     /// Serializes index setup so concurrent first writes do not all create it.
     index_setup: Mutex<()>,
+    /// The config index's name, resolved once (see [`EsConfig::config_index`]).
+    config_index: String,
+    /// Like `index_ready` and `index_setup`, for the config index (set up on first use).
+    config_index_ready: AtomicBool,
+    config_index_setup: Mutex<()>,
+    /// Set once the config index is known to exist: until then no config write is sent, since
+    /// any write to a missing index would have Elasticsearch create it (see `remote_configs`).
+    config_index_exists: AtomicBool,
+    /// Whether the agent index maps the `opampd.remote_config.*` fields: [`FIELDS_UNKNOWN`],
+    /// [`FIELDS_MAPPED`] (learnt at set-up, or from `_mapping` once) or [`FIELDS_UNMAPPED`].
+    remote_config_fields: AtomicU8,
     /// Writes accepted and not yet answered, for `flush`.
     outstanding: AtomicUsize,
     drained: Notify,
@@ -158,11 +173,16 @@ impl ElasticsearchStore {
         let (write_tx, write_rx) = mpsc::channel(cfg.write_queue);
         let (read_tx, read_rx) = mpsc::channel(cfg.read_queue);
         let shared = Arc::new(Shared {
+            config_index: cfg.config_index(),
             cfg,
             client,
             stats: Stats::default(),
             index_ready: AtomicBool::new(false),
             index_setup: Mutex::new(()),
+            config_index_ready: AtomicBool::new(false),
+            config_index_setup: Mutex::new(()),
+            config_index_exists: AtomicBool::new(false),
+            remote_config_fields: AtomicU8::new(FIELDS_UNKNOWN),
             outstanding: AtomicUsize::new(0),
             drained: Notify::new(),
         });
@@ -225,6 +245,14 @@ impl ElasticsearchStore {
     }
 }
 
+/// The body of a create-index request for a config index (settings and mapping): what opampd
+/// sends when it creates one, and what an administrator sends to create one beforehand for
+/// credentials that may not (fleet-server's service token may read and write a `.fleet-*`
+/// index that is not a system index, once it exists).
+pub fn config_index_body() -> Value {
+    json!({ "settings": document::settings(), "mappings": remote_configs::mappings() })
+}
+
 /// Sets the index up as soon as the store is built, so the instance is ready before its first
 /// agent arrives (and `/readyz` says so), retrying with a growing pause until it works or the
 /// store is dropped.
@@ -274,7 +302,27 @@ impl Shared {
     }
 
     async fn setup_index(&self) -> Result<(), StoreError> {
-        let index = self.cfg.index.as_str();
+        let set_up =
+            self.set_up(&self.cfg.index, document::settings(), document::mappings(), false).await?;
+        if matches!(set_up, SetUp::Created | SetUp::MappingUpdated) {
+            // the remote-config fields are in the mapping just sent
+            self.remote_config_fields.store(FIELDS_MAPPED, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Creates `index` with `settings` and `mappings` if missing, or adds `mappings` to it where
+    /// allowed, then waits for its primary shards (see [`ensure_index_once`](Self::ensure_index_once)).
+    /// With `lenient` (the config index), an index these credentials may not inspect is
+    /// created all the same where they may (fleet-server's service token may create a
+    /// `.fleet-policies-*` index but not ask whether one exists), see [`create`](Self::create).
+    async fn set_up(
+        &self,
+        index: &str,
+        settings: Value,
+        mappings: Value,
+        lenient: bool,
+    ) -> Result<SetUp, StoreError> {
         let exists = self
             .client
             .indices()
@@ -285,58 +333,85 @@ impl Shared {
             .status_code()
             .as_u16();
         match exists {
-            404 => {
-                let wait = format!("{}ms", self.shard_wait().as_millis().max(1));
-                let response = self
-                    .client
-                    .indices()
-                    .create(IndicesCreateParts::Index(index))
-                    .wait_for_active_shards("1")
-                    .timeout(&wait)
-                    .body(json!({ "settings": document::settings(), "mappings": document::mappings() }))
-                    .send()
-                    .await
-                    .map_err(transport_error)?;
-                let status = response.status_code().as_u16();
-                let text = response.text().await.unwrap_or_default();
-                if (200..300).contains(&status) {
-                    info!(index, "created elasticsearch index");
-                } else if text.contains("resource_already_exists_exception") {
-                    // Another instance created it in the meantime; its shard may not be
-                    // active yet.
-                    info!(index, "elasticsearch index created by another instance");
-                } else {
-                    return Err(status_error(status, &text));
-                }
-                self.wait_for_primary().await
-            }
+            404 => self.create(index, settings, mappings, lenient).await,
+            403 if lenient => self.create(index, settings, mappings, true).await,
             200..=299 => {
                 let response = self
                     .client
                     .indices()
                     .put_mapping(IndicesPutMappingParts::Index(&[index]))
-                    .body(document::mappings())
+                    .body(mappings)
                     .send()
                     .await
                     .map_err(transport_error)?;
                 let status = response.status_code().as_u16();
-                if !(200..300).contains(&status) {
+                let set_up = if (200..300).contains(&status) {
+                    SetUp::MappingUpdated
+                } else {
                     let text = response.text().await.unwrap_or_default();
                     // System indices refuse mapping changes; their own mapping indexes the fleet
                     // fields already, and the state blob needs no mapping.
                     info!(index, status, reason = %error_reason(&text), "index mapping left unchanged");
-                }
-                self.wait_for_primary().await
+                    SetUp::MappingUnchanged
+                };
+                self.wait_for_primary(index).await?;
+                Ok(set_up)
             }
             // fleet-server's service token may read and write the restricted .fleet-* indices
             // but not inspect or create them: Elasticsearch creates such a system index from
             // its own descriptor on the first write. Use the index as it is.
             403 => {
                 info!(index, "index not inspectable with these credentials; used as it is");
-                Ok(())
+                Ok(SetUp::Opaque)
             }
             status => Err(status_error(status, "")),
         }
+    }
+
+    /// Creates `index` (or learns that it exists), then waits for its primary shards. With
+    /// `lenient` (the config index), an index these credentials may not create, or a system
+    /// index only a write may create, is no error: [`SetUp::Opaque`] or [`SetUp::OnFirstWrite`].
+    async fn create(
+        &self,
+        index: &str,
+        settings: Value,
+        mappings: Value,
+        lenient: bool,
+    ) -> Result<SetUp, StoreError> {
+        let wait = format!("{}ms", self.shard_wait().as_millis().max(1));
+        let response = self
+            .client
+            .indices()
+            .create(IndicesCreateParts::Index(index))
+            .wait_for_active_shards("1")
+            .timeout(&wait)
+            .body(json!({ "settings": settings, "mappings": mappings }))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status_code().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let set_up = if (200..300).contains(&status) {
+            info!(index, "created elasticsearch index");
+            SetUp::Created
+        } else if text.contains("resource_already_exists_exception") {
+            // Another instance created it, maybe just now: its shard may not be active yet.
+            info!(index, "elasticsearch index created by another instance");
+            SetUp::CreatedElsewhere
+        } else if lenient && status == 400 && error_reason(&text).contains(SYSTEM_INDEX_REFUSAL) {
+            // A name in a system index's pattern that is not its primary index (the config
+            // index next to `.fleet-agents`): only a write would create it, from the system
+            // index's descriptor.
+            info!(index, "system index only a write could create");
+            return Ok(SetUp::OnFirstWrite);
+        } else if lenient && status == 403 {
+            info!(index, "index not creatable with these credentials; used as it is");
+            return Ok(SetUp::Opaque);
+        } else {
+            return Err(status_error(status, &text));
+        };
+        self.wait_for_primary(index).await?;
+        Ok(set_up)
     }
 
     /// How long one set-up attempt may wait for the primary shards: within the request timeout
@@ -350,8 +425,7 @@ impl Shared {
     /// (`no_shard_available_action_exception`), and its health is already yellow then: ES counts
     /// a new index's unassigned primaries as yellow, so `wait_for_status=yellow` does not wait.
     /// So ES waits for an active shard, and the answer's per-index shard counts decide.
-    async fn wait_for_primary(&self) -> Result<(), StoreError> {
-        let index = self.cfg.index.as_str();
+    async fn wait_for_primary(&self, index: &str) -> Result<(), StoreError> {
         let deadline = tokio::time::Instant::now() + self.shard_wait();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -378,6 +452,32 @@ impl Shared {
         }
     }
 }
+
+/// What [`Shared::set_up`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetUp {
+    /// Created here, with our mapping.
+    Created,
+    /// There already when we tried to create it (its mapping is whoever created it's).
+    CreatedElsewhere,
+    /// There already; our mapping added.
+    MappingUpdated,
+    /// There already; its mapping cannot be changed (a system index).
+    MappingUnchanged,
+    /// Not inspectable with these credentials: used as it is.
+    Opaque,
+    /// A system index that only a write may create.
+    OnFirstWrite,
+}
+
+/// What Elasticsearch says when asked to create a system index that is not its descriptor's
+/// primary index ("Cannot create system index with name ...").
+const SYSTEM_INDEX_REFUSAL: &str = "system index";
+
+/// Values of [`Shared::remote_config_fields`].
+const FIELDS_UNKNOWN: u8 = 0;
+const FIELDS_MAPPED: u8 = 1;
+const FIELDS_UNMAPPED: u8 = 2;
 
 /// Reads a cluster health answer for `index` at `level=indices`: Ok when every index it
 /// resolves to (an alias may name another) has all its primary shards active. ES answers 408,

@@ -3,6 +3,7 @@
 //! only that backend has to prove.
 
 mod cache;
+mod configs;
 mod embedded;
 mod enrollment;
 mod es_store;
