@@ -365,10 +365,8 @@ pub fn agent_record(u: &mut Unstructured<'_>) -> Result<AgentRecord> {
         custom_capabilities: some(u, custom_capabilities)?.map(Arc::new),
         available_components: some(u, available_components)?.map(Arc::new),
         connection_settings_status: some(u, connection_settings_status)?.map(Arc::new),
-        desired_config: some(u, |u| {
-            Ok(DesiredConfig { name: string(u)?, hash: u.arbitrary()? })
-        })?
-        .map(Arc::new),
+        desired_config: some(u, |u| Ok(DesiredConfig { name: string(u)?, hash: u.arbitrary()? }))?
+            .map(Arc::new),
         offered_config: some(u, |u| Ok(OfferedConfig { hash: u.arbitrary()?, at: timestamp(u)? }))?,
     })
 }
