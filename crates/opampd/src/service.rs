@@ -7,7 +7,7 @@
 //! made again against a fresh read.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -194,11 +194,22 @@ fn refused(uid: InstanceUid, refusal: Refusal) -> RequestError {
     }
 }
 
+/// How often a store failure is logged at most (per kind: transient or not); the lines in
+/// between are counted in the next one. Every failure is still in the metrics.
+const STORE_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
 fn store_failure(uid: InstanceUid, op: &'static str, err: StoreError) -> RequestError {
+    static TRANSIENT: OnceLock<telemetry::LogLimiter> = OnceLock::new();
+    static FAILED: OnceLock<telemetry::LogLimiter> = OnceLock::new();
+    let limiter = |cell: &'static OnceLock<telemetry::LogLimiter>| {
+        cell.get_or_init(|| telemetry::LogLimiter::new(STORE_FAILURE_LOG_INTERVAL))
+    };
     if err.is_transient() {
-        tracing::warn!(instance_uid = %uid, op, error = %err, "store unavailable");
-    } else {
-        tracing::error!(instance_uid = %uid, op, error = %err, "store failed");
+        if let Some(held_back) = limiter(&TRANSIENT).allow() {
+            tracing::warn!(instance_uid = %uid, op, error = %err, held_back, "store unavailable");
+        }
+    } else if let Some(held_back) = limiter(&FAILED).allow() {
+        tracing::error!(instance_uid = %uid, op, error = %err, held_back, "store failed");
     }
     RequestError::from(err)
 }

@@ -56,7 +56,7 @@ pub const METRICS: &[Metric] = &[
     Metric {
         name: REQUEST_DURATION_SECONDS,
         kind: Kind::Histogram(Some(metrics::Unit::Seconds)),
-        help: "time to handle one OpAMP message",
+        help: "time to handle one OpAMP message, by transport and outcome",
     },
     Metric { name: IN_FLIGHT, kind: Kind::Gauge, help: "OpAMP requests being handled now" },
     Metric { name: WS_SESSIONS, kind: Kind::Gauge, help: "open WebSocket sessions" },
@@ -255,8 +255,50 @@ pub fn record_message(transport: Transport, outcome: Outcome, started: Option<In
     metrics::counter!(MESSAGES_TOTAL, "transport" => transport, "outcome" => outcome.as_str())
         .increment(1);
     if let Some(started) = started {
-        metrics::histogram!(REQUEST_DURATION_SECONDS, "transport" => transport)
+        metrics::histogram!(REQUEST_DURATION_SECONDS, "transport" => transport, "outcome" => outcome.as_str())
             .record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Lets one log line of a kind through per interval and counts the ones held back, so an outage
+/// that fails every request (thousands a second) logs a few lines that say how many, not a flood.
+#[derive(Debug)]
+pub struct LogLimiter {
+    interval_ms: u64,
+    /// Milliseconds since `epoch` of the last line let through, plus one (0: never).
+    last: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+    epoch: Instant,
+}
+
+impl LogLimiter {
+    pub fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval_ms: interval.as_millis() as u64,
+            last: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// `Some(n)` when a line may be logged now (`n` lines were held back since the last one),
+    /// `None` when this one is held back.
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < self.interval_ms {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // one caller wins the slot; the others count as held back
+        match self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => Some(self.suppressed.swap(0, Ordering::Relaxed)),
+            Err(_) => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 }
 
@@ -331,7 +373,10 @@ fn register_all() {
             let labels = [("transport", transport.as_str()), ("outcome", outcome.as_str())];
             register(metric(MESSAGES_TOTAL), &labels);
         }
-        register(metric(REQUEST_DURATION_SECONDS), &[("transport", transport.as_str())]);
+        for outcome in Outcome::ALL {
+            let labels = [("transport", transport.as_str()), ("outcome", outcome.as_str())];
+            register(metric(REQUEST_DURATION_SECONDS), &labels);
+        }
     }
     for reason in FullStateReason::ALL {
         register(metric(REPORT_FULL_STATE_TOTAL), &[("reason", reason.as_str())]);
@@ -372,4 +417,22 @@ pub fn init_tracing(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogLimiter;
+    use std::time::Duration;
+
+    #[test]
+    fn a_log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let limiter = LogLimiter::new(Duration::from_millis(50));
+        assert_eq!(limiter.allow(), Some(0), "the first line goes through");
+        for _ in 0..5 {
+            assert_eq!(limiter.allow(), None, "held back inside the interval");
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(limiter.allow(), Some(5), "the next line says how many were held back");
+        assert_eq!(limiter.allow(), None);
+    }
 }

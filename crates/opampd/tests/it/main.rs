@@ -16,5 +16,6 @@ mod interop_node;
 mod layering;
 mod remote_config;
 mod storage_faults;
+mod superseded;
 mod tls;
 mod ws;
