@@ -12,6 +12,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/opampd /usr/local/bin/opampd
 USER opampd
 WORKDIR /var/lib/opampd
+# the admin listener is reachable from other containers (health checks, the console, the CLI),
+# so it needs a token: run with OPAMPD_ADMIN_TOKEN or OPAMPD_ADMIN_TOKEN_FILE set (without one
+# opampd exits 64 and says so)
 ENV OPAMPD_LISTEN=0.0.0.0:4320 \
     OPAMPD_ADMIN_LISTEN=0.0.0.0:4321 \
     OPAMPD_DATA_DIR=/var/lib/opampd

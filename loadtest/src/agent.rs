@@ -11,8 +11,10 @@ use opamp_proto::v1::{
 };
 use opamp_proto::{InstanceUid, Message, agent_caps, server_caps, server_flags};
 
+use crate::config::FleetMix;
 use crate::outcome::ErrorClass;
 use crate::remote_config::{self, RemoteConfigAgent};
+use crate::rng::SplitMix64;
 
 /// What every simulated agent declares: a status-reporting collector with health, effective
 /// config and heartbeats, the common real-world profile.
@@ -24,6 +26,103 @@ pub const AGENT_CAPS: u64 = agent_caps::REPORTS_STATUS
 /// What an agent that accepts remote config (`--remote-config-agents`) declares on top.
 pub const REMOTE_CONFIG_CAPS: u64 =
     agent_caps::ACCEPTS_REMOTE_CONFIG | agent_caps::REPORTS_REMOTE_CONFIG;
+
+/// The health an agent reports (see [`FleetMix`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Health {
+    #[default]
+    Ok,
+    /// Healthy but `StatusRecoverableError`: an exporter retrying.
+    Degraded,
+    /// `healthy: false`, `StatusPermanentError`: an exporter that gave up.
+    Error,
+}
+
+/// What one agent says about itself in its full statuses. The default is the uniform fleet:
+/// `opampd-loadtest-agent` 0.1.0, healthy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// `None`: `opampd-loadtest-agent`; `Some(k)`: `opampd-loadtest-agent-<k>`.
+    pub service: Option<u32>,
+    /// `service.version` `0.1.<version>`.
+    pub version: u32,
+    pub health: Health,
+}
+
+impl Profile {
+    /// Agent `index`'s profile in `mix`: services and versions round robin, health drawn from
+    /// `seed` and the index (a rerun with the same seed gives every agent the same profile).
+    pub fn of(mix: &FleetMix, seed: u64, index: u64) -> Self {
+        let services = u64::from(mix.services.max(1));
+        let versions = u64::from(mix.versions.max(1));
+        let service = (services > 1).then_some((index % services) as u32);
+        let version = ((index / services) % versions) as u32;
+        let health = if mix.degraded <= 0.0 && mix.error <= 0.0 {
+            Health::Ok
+        } else {
+            let draw = SplitMix64::new(
+                seed ^ 0x4845_414c_5448 ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            )
+            .next_f64();
+            if draw < mix.error {
+                Health::Error
+            } else if draw < mix.error + mix.degraded {
+                Health::Degraded
+            } else {
+                Health::Ok
+            }
+        };
+        Self { service, version, health }
+    }
+
+    pub fn service_name(&self) -> String {
+        match self.service {
+            None => "opampd-loadtest-agent".to_owned(),
+            Some(k) => format!("opampd-loadtest-agent-{k}"),
+        }
+    }
+
+    pub fn service_version(&self) -> String {
+        format!("0.1.{}", self.version)
+    }
+
+    /// The health report of a full status, stamped `now_unix_nano`. An unhealthy agent names
+    /// the component at fault in a pipeline tree, as a collector does.
+    pub fn health(&self, now_unix_nano: u64) -> ComponentHealth {
+        let at = |healthy: bool, status: &str, last_error: &str| ComponentHealth {
+            healthy,
+            start_time_unix_nano: now_unix_nano,
+            status: status.into(),
+            last_error: last_error.into(),
+            status_time_unix_nano: now_unix_nano,
+            ..Default::default()
+        };
+        let (healthy, status, error) = match self.health {
+            Health::Ok => return at(true, "StatusOK", ""),
+            Health::Degraded => (
+                true,
+                "StatusRecoverableError",
+                "exporter otlp: sending queue is full, retrying: connection refused",
+            ),
+            Health::Error => (
+                false,
+                "StatusPermanentError",
+                "exporter otlp: permanent error: certificate signed by unknown authority",
+            ),
+        };
+        let pipeline = ComponentHealth {
+            component_health_map: HashMap::from([
+                ("receiver:otlp".to_owned(), at(true, "StatusOK", "")),
+                ("exporter:otlp".to_owned(), at(healthy, status, error)),
+            ]),
+            ..at(healthy, status, error)
+        };
+        ComponentHealth {
+            component_health_map: HashMap::from([("pipeline:traces".to_owned(), pipeline)]),
+            ..at(healthy, status, error)
+        }
+    }
+}
 
 /// A deliberate sequence-number fault; each one obliges the server to ask for the full state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +291,7 @@ pub struct Agent {
     /// `Some` when the agent accepts remote config (boxed: most agents of a run may not, and
     /// a run may hold millions).
     remote: Option<Box<RemoteConfigAgent>>,
+    profile: Profile,
 }
 
 impl Agent {
@@ -207,7 +307,14 @@ impl Agent {
             unacked: None,
             older_unacked: None,
             remote: None,
+            profile: Profile::default(),
         }
+    }
+
+    /// The same agent describing itself as `profile` says.
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
     }
 
     /// The same agent accepting remote config; which receipts it fails is drawn from `seed`.
@@ -365,9 +472,9 @@ impl Agent {
         let host = format!("loadtest-host-{:04}", self.index % 1000);
         let description = AgentDescription {
             identifying_attributes: vec![
-                kv("service.name", "opampd-loadtest-agent"),
+                kv("service.name", &self.profile.service_name()),
                 kv("service.instance.id", &self.uid.to_string()),
-                kv("service.version", "0.1.0"),
+                kv("service.version", &self.profile.service_version()),
             ],
             non_identifying_attributes: vec![
                 kv("host.name", &host),
@@ -375,13 +482,7 @@ impl Agent {
                 kv("host.arch", "amd64"),
             ],
         };
-        let health = ComponentHealth {
-            healthy: true,
-            start_time_unix_nano: now_unix_nano,
-            status: "StatusOK".into(),
-            status_time_unix_nano: now_unix_nano,
-            ..Default::default()
-        };
+        let health = self.profile.health(now_unix_nano);
         // A small collector config, about the size of a minimal real one.
         let config = format!(
             "receivers:\n  otlp:\n    protocols:\n      grpc: {{}}\nexporters:\n  debug: {{}}\n\
@@ -753,5 +854,72 @@ mod tests {
         a.on_error(&next);
         assert_eq!(a.ack_view().unacked, Some(SeqRange { lo: 1, hi: 2 }));
         assert_eq!(a.ack_view().acked, Some(2));
+    }
+
+    fn described(body: &[u8]) -> (String, String, ComponentHealth) {
+        let m = A2S::decode(body).unwrap();
+        let d = m.agent_description.unwrap();
+        let text = |key: &str| {
+            let kv = d.identifying_attributes.iter().find(|kv| kv.key == key).unwrap();
+            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                other => panic!("{key}: {other:?}"),
+            }
+        };
+        (text("service.name"), text("service.version"), m.health.unwrap())
+    }
+
+    #[test]
+    fn the_default_profile_is_the_uniform_fleet_every_benchmark_ran() {
+        let mix = FleetMix::default();
+        for i in 0..50 {
+            assert_eq!(Profile::of(&mix, 1, i), Profile::default());
+        }
+        let (_, body) = agent().next_message(Injection::None, 9);
+        let (service, version, health) = described(&body);
+        assert_eq!((service.as_str(), version.as_str()), ("opampd-loadtest-agent", "0.1.0"));
+        assert_eq!(
+            health,
+            ComponentHealth {
+                healthy: true,
+                start_time_unix_nano: 9,
+                status: "StatusOK".into(),
+                status_time_unix_nano: 9,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_mixed_fleet_spreads_services_versions_and_health_reproducibly() {
+        let mix = FleetMix { services: 3, versions: 2, degraded: 0.2, error: 0.1 };
+        let profiles: Vec<Profile> = (0..3000).map(|i| Profile::of(&mix, 7, i)).collect();
+        assert_eq!(profiles, (0..3000).map(|i| Profile::of(&mix, 7, i)).collect::<Vec<_>>());
+        for (k, want) in [(0, 1000), (1, 1000), (2, 1000)] {
+            assert_eq!(profiles.iter().filter(|p| p.service == Some(k)).count(), want);
+        }
+        for v in 0..2 {
+            assert_eq!(profiles.iter().filter(|p| p.version == v).count(), 1500);
+        }
+        let share = |h| profiles.iter().filter(|p| p.health == h).count() as f64 / 3000.0;
+        assert!((share(Health::Error) - 0.1).abs() < 0.03, "{}", share(Health::Error));
+        assert!((share(Health::Degraded) - 0.2).abs() < 0.03, "{}", share(Health::Degraded));
+
+        let sick = profiles.iter().position(|p| p.health == Health::Error).unwrap();
+        let mut a =
+            Agent::new(InstanceUid::from_bytes([1; 16]), sick as u64).with_profile(profiles[sick]);
+        let (s0, body) = a.next_message(Injection::None, 5);
+        let (service, version, health) = described(&body);
+        assert_eq!(service, format!("opampd-loadtest-agent-{}", sick % 3));
+        assert_eq!(version, format!("0.1.{}", (sick / 3) % 2));
+        assert!(!health.healthy);
+        let exporter =
+            &health.component_health_map["pipeline:traces"].component_health_map["exporter:otlp"];
+        assert!(!exporter.healthy && exporter.last_error.contains("exporter otlp"));
+        // heartbeats stay bare whatever the profile
+        ok(&mut a, &s0);
+        let (_, body) = a.next_message(Injection::None, 6);
+        let m = A2S::decode(&body[..]).unwrap();
+        assert!(m.health.is_none() && m.agent_description.is_none());
     }
 }

@@ -28,6 +28,30 @@ pub struct RunConfig {
     pub record_events: bool,
     /// Which agents accept remote config, and the configs the run pushes.
     pub remote_config: RemoteConfigRun,
+    /// How the agents describe themselves: services, versions, health.
+    pub fleet: FleetMix,
+}
+
+/// What the simulated fleet reports about itself. The default is a uniform fleet (one service,
+/// one version, all healthy), as every benchmark ran it; a spread gives a console, a search or a
+/// stats endpoint something to tell apart. Which agent gets what is fixed by its index and the
+/// run's seed. Changes no message's sequence and nothing the drift rules judge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FleetMix {
+    /// `service.name` values the agents are spread over, round robin.
+    pub services: u32,
+    /// `service.version` values within each service, round robin.
+    pub versions: u32,
+    /// Share of the agents (0 to 1) reporting degraded health (`StatusRecoverableError`).
+    pub degraded: f64,
+    /// Share of the agents (0 to 1) reporting unhealthy (`healthy: false`).
+    pub error: f64,
+}
+
+impl Default for FleetMix {
+    fn default() -> Self {
+        Self { services: 1, versions: 1, degraded: 0.0, error: 0.0 }
+    }
 }
 
 /// The remote-config part of a run.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use opampd_loadtest::admin::{self, Admin};
-use opampd_loadtest::config::{RateStep, RemoteConfigRun, RunConfig};
+use opampd_loadtest::config::{FleetMix, RateStep, RemoteConfigRun, RunConfig};
 use opampd_loadtest::loopback::parse_loopback_url;
 use opampd_loadtest::phases::{self, Mark, PhaseKind};
 use opampd_loadtest::remote_config::{self, ServerView};
@@ -116,6 +116,20 @@ struct Cli {
     /// Most messages in flight at once (default: --connections, so HTTP never opens more sockets).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// `service.name` values the agents are spread over, round robin
+    /// (`opampd-loadtest-agent-<k>`; 1: every agent `opampd-loadtest-agent`).
+    #[arg(long, default_value_t = 1)]
+    services: u32,
+    /// `service.version` values within each service, round robin (`0.1.<k>`).
+    #[arg(long, default_value_t = 1)]
+    versions: u32,
+    /// Share of the agents (0 to 1) reporting degraded health (`StatusRecoverableError`, an
+    /// exporter retrying); which ones is fixed by `--seed`.
+    #[arg(long, default_value_t = 0.0)]
+    degraded_agents: f64,
+    /// Share of the agents (0 to 1) reporting unhealthy (`healthy: false`, a failed exporter).
+    #[arg(long, default_value_t = 0.0)]
+    error_agents: f64,
     /// Fraction of heartbeats sent with a deliberate sequence fault (gap, duplicate, backwards).
     #[arg(long, default_value_t = 0.01)]
     drift_rate: f64,
@@ -248,6 +262,15 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     {
         bail!("--remote-config-agents and --remote-config-fail-rate are fractions in [0, 1]");
     }
+    if !(1..=100_000).contains(&cli.services) || !(1..=100_000).contains(&cli.versions) {
+        bail!("--services and --versions must be between 1 and 100000");
+    }
+    if !(0.0..=1.0).contains(&cli.degraded_agents)
+        || !(0.0..=1.0).contains(&cli.error_agents)
+        || cli.degraded_agents + cli.error_agents > 1.0
+    {
+        bail!("--degraded-agents and --error-agents are fractions in [0, 1] summing to at most 1");
+    }
     if !remote_config::valid_name(&cli.push_config_name) {
         bail!(
             "--push-config-name must be 1 to 128 of A-Z a-z 0-9 . _ - (and not . or ..), got {:?}",
@@ -317,6 +340,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             fail_rate: cli.remote_config_fail_rate,
             push_at,
             push_name: cli.push_config_name.clone(),
+        },
+        fleet: FleetMix {
+            services: cli.services,
+            versions: cli.versions,
+            degraded: cli.degraded_agents,
+            error: cli.error_agents,
         },
     };
     eprintln!(

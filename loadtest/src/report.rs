@@ -529,6 +529,7 @@ mod tests {
             steps: Vec::new(),
             record_events: false,
             remote_config: Default::default(),
+            fleet: Default::default(),
         };
         let s = Summary::collect(&cfg, &Stats::default(), 10, Duration::from_secs(2), true);
         let v = s.to_json(0.0);
@@ -605,6 +606,7 @@ mod tests {
             steps: Vec::new(),
             record_events: false,
             remote_config: Default::default(),
+            fleet: Default::default(),
         };
         let mut s = Summary::collect(&cfg, &Stats::default(), 10, Duration::from_secs(2), true);
         s.replies_ok = 10;

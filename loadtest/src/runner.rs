@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::admin::Admin;
-use crate::agent::{AckView, Agent, Injection};
+use crate::agent::{AckView, Agent, Injection, Profile};
 use crate::config::{RateStep, RemoteConfigRun, RunConfig};
 use crate::outcome::EventLog;
 use crate::remote_config::{self, PushRecord, PushReport, Pushed};
@@ -111,7 +111,8 @@ pub async fn run_with_admin(
     let slots: Arc<Vec<Slot>> = Arc::new(
         (0..cfg.agents as u64)
             .map(|i| {
-                let agent = Agent::new(InstanceUid::new_v7(), i);
+                let agent = Agent::new(InstanceUid::new_v7(), i)
+                    .with_profile(Profile::of(&cfg.fleet, cfg.seed, i));
                 let agent = if remote_config::accepts(i, remote.agents) {
                     agent.accepting_remote_config(cfg.seed, remote.fail_rate)
                 } else {

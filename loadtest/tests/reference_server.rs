@@ -294,6 +294,7 @@ async fn run_with(
         steps: Vec::new(),
         record_events: true,
         remote_config: remote,
+        fleet: Default::default(),
     };
     let outcome = runner::run_with_admin(cfg, Arc::new(transport), Some(admin.clone())).await;
     let mut summary = outcome.summary;

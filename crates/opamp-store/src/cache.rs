@@ -22,7 +22,7 @@ use opamp_proto::InstanceUid;
 use opamp_core::remote_config::ConfigHash;
 
 use crate::configs::{ConfigStore, RolloutCounts, StoredConfig, VersionedConfig};
-use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
+use crate::{AgentFilter, AgentStats, AgentStore, Precondition, StoreError, Version, Versioned};
 
 /// Tuning of [`CachedStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,10 +186,16 @@ impl<S: AgentStore> AgentStore for CachedStore<S> {
     /// Straight from the backend: listings are for admins and must show the stored truth.
     async fn list(
         &self,
+        filter: &AgentFilter,
         after: Option<InstanceUid>,
         limit: usize,
     ) -> Result<Vec<AgentRecord>, StoreError> {
-        self.inner.list(after, limit).await
+        self.inner.list(filter, after, limit).await
+    }
+
+    /// Straight from the backend, like [`list`](Self::list).
+    async fn stats(&self, filter: &AgentFilter) -> Result<AgentStats, StoreError> {
+        self.inner.stats(filter).await
     }
 }
 

@@ -14,6 +14,7 @@ use opamp_proto::InstanceUid;
 use opamp_proto::v1;
 use std::sync::Arc;
 
+use crate::fleet::{AgentFilter, AgentStats, RemoteConfigCounts, StatusCounts};
 use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
 
 /// Concurrent writers in the lost-update case.
@@ -36,6 +37,8 @@ pub async fn run_all<S: AgentStore>(store: &S) {
     concurrent_creates_of_one_uid_have_one_winner(store).await;
     many_agents_written_concurrently_are_all_readable(store).await;
     list_paginates_in_uid_order(store).await;
+    list_selects_by_status_service_version_and_text(store).await;
+    stats_count_the_selected_agents_exactly(store).await;
     flush_then_get_sees_writes(store).await;
     ready_is_ok(store).await;
 }
@@ -156,6 +159,8 @@ macro_rules! conformance_tests {
             concurrent_creates_of_one_uid_have_one_winner,
             many_agents_written_concurrently_are_all_readable,
             list_paginates_in_uid_order,
+            list_selects_by_status_service_version_and_text,
+            stats_count_the_selected_agents_exactly,
             flush_then_get_sees_writes,
             ready_is_ok,
         );
@@ -537,7 +542,7 @@ pub async fn list_paginates_in_uid_order<S: AgentStore>(store: &S) {
     let mut after = predecessor(first);
     let mut seen = Vec::new();
     loop {
-        let page = store.list(after, PAGE).await.expect("list");
+        let page = store.list(&everything(), after, PAGE).await.expect("list");
         assert!(page.len() <= PAGE, "page larger than the limit: {}", page.len());
         for pair in page.windows(2) {
             assert!(pair[0].instance_uid < pair[1].instance_uid, "page not in uid order");
@@ -553,9 +558,176 @@ pub async fn list_paginates_in_uid_order<S: AgentStore>(store: &S) {
     }
     assert_eq!(seen, ours, "paging must return every record once, in uid order");
 
-    let after_last = store.list(Some(last), PAGE).await.expect("list");
+    let after_last = store.list(&everything(), Some(last), PAGE).await.expect("list");
     assert!(after_last.iter().all(|r| r.instance_uid > last));
-    assert_eq!(store.list(predecessor(first), 0).await, Ok(vec![]), "limit 0 returns nothing");
+    let none = store.list(&everything(), predecessor(first), 0).await;
+    assert_eq!(none, Ok(vec![]), "limit 0 returns nothing");
+}
+
+/// The clock the fleet cases read status at, and their offline threshold.
+const FLEET_NOW: u64 = 1_800_000_000_000;
+const FLEET_OFFLINE_AFTER: u64 = 60_000;
+
+fn everything() -> AgentFilter {
+    AgentFilter::all(FLEET_NOW, FLEET_OFFLINE_AFTER)
+}
+
+/// An agent of `service` with the attributes the fleet filters read.
+fn fleet_agent(
+    service: &str,
+    status: AgentStatus,
+    last_checkin: u64,
+    version: Option<&str>,
+    host: Option<&str>,
+) -> AgentRecord {
+    let mut r = minimal_record(InstanceUid::new_v7());
+    r.status = status;
+    r.last_checkin = last_checkin;
+    let mut identifying = vec![kv("service.name", text(service))];
+    identifying.extend(version.map(|v| kv("service.version", text(v))));
+    r.agent_description = Some(Arc::new(v1::AgentDescription {
+        identifying_attributes: identifying,
+        non_identifying_attributes: host.map(|h| kv("host.name", text(h))).into_iter().collect(),
+    }));
+    r
+}
+
+/// Nine agents of a service of their own, in every status (offline ones stored online and
+/// degraded, one at exactly the threshold), three versions and one without, host names in mixed
+/// case (one made of wildcard syntax), every remote-config state; and one agent of another
+/// service. Returns the service's name and the agents, in the order the expectations index.
+async fn create_fleet<S: AgentStore>(store: &S) -> (String, Vec<AgentRecord>) {
+    use AgentStatus::{Degraded, Disconnected, Error, Online};
+    use v1::RemoteConfigStatuses::{Applied, Applying, Failed};
+    let service = format!("conformance-{}", InstanceUid::new_v7());
+    let recent = FLEET_NOW - 1_000;
+    let stale = FLEET_NOW - FLEET_OFFLINE_AFTER - 1;
+    let edge = FLEET_NOW - FLEET_OFFLINE_AFTER;
+    let s = service.as_str();
+    let mut agents = vec![
+        fleet_agent(s, Online, recent, Some("v1"), Some("Web-01.example")),
+        fleet_agent(s, Degraded, recent, Some("v1"), Some("web-02.example")),
+        fleet_agent(s, Error, recent, Some("v2"), Some("db-01")),
+        fleet_agent(s, Disconnected, recent, Some("v2"), None),
+        fleet_agent(s, Disconnected, 0, Some("v1"), Some("db-02")),
+        fleet_agent(s, Online, stale, Some("v2"), Some("Web-03")),
+        fleet_agent(s, Degraded, stale, Some("v1"), Some(r"a*b?c\d")),
+        fleet_agent(s, Error, edge, Some("v3"), Some("db-03")),
+        fleet_agent(s, Online, recent, None, Some("WEB-04")),
+    ];
+    let hash = [3u8; 32];
+    let desired = Some(Arc::new(DesiredConfig { name: config_name("fleet"), hash }));
+    let report = |status: v1::RemoteConfigStatuses| {
+        Some(Arc::new(v1::RemoteConfigStatus {
+            last_remote_config_hash: hash.to_vec().into(),
+            status: status as i32,
+            error_message: String::new(),
+        }))
+    };
+    for (i, status) in [(0, Some(Applied)), (1, Some(Applying)), (2, Some(Failed)), (3, None)] {
+        agents[i].desired_config.clone_from(&desired);
+        agents[i].remote_config_status = status.and_then(report);
+    }
+    let other = fleet_agent(&format!("{s}-other"), Online, recent, Some("v1"), Some("web-09"));
+    join_all(agents.iter().chain([&other]).map(|r| create(store, r))).await;
+    (service, agents)
+}
+
+/// Every page of what `filter` selects, `page` at a time, checking order and page sizes.
+async fn list_all<S: AgentStore>(store: &S, filter: &AgentFilter, page: usize) -> Vec<InstanceUid> {
+    let mut seen: Vec<InstanceUid> = Vec::new();
+    let mut after = None;
+    for _ in 0..100 {
+        let got = store.list(filter, after, page).await.expect("list");
+        assert!(got.len() <= page, "page larger than the limit: {}", got.len());
+        seen.extend(got.iter().map(|r| r.instance_uid));
+        if got.len() < page {
+            assert!(seen.windows(2).all(|w| w[0] < w[1]), "not in uid order: {seen:?}");
+            return seen;
+        }
+        after = got.last().map(|r| r.instance_uid);
+    }
+    panic!("listing {filter:?} did not end");
+}
+
+pub async fn list_selects_by_status_service_version_and_text<S: AgentStore>(store: &S) {
+    use AgentStatus::{Degraded, Disconnected, Error, Offline, Online};
+    let (service, agents) = create_fleet(store).await;
+    let of_service = AgentFilter { service_name: Some(service.clone()), ..everything() };
+    let uid3 = agents[2].instance_uid.to_string();
+    let uid_tail = uid3[uid3.len() - 12..].to_uppercase();
+    let cases: Vec<(AgentFilter, Vec<usize>)> = vec![
+        (of_service.clone(), (0..9).collect()),
+        (AgentFilter { status: Some(Online), ..of_service.clone() }, vec![0, 8]),
+        (AgentFilter { status: Some(Degraded), ..of_service.clone() }, vec![1]),
+        (AgentFilter { status: Some(Error), ..of_service.clone() }, vec![2, 7]),
+        (AgentFilter { status: Some(Disconnected), ..of_service.clone() }, vec![3, 4]),
+        (AgentFilter { status: Some(Offline), ..of_service.clone() }, vec![5, 6]),
+        (AgentFilter { version: Some("v1".into()), ..of_service.clone() }, vec![0, 1, 4, 6]),
+        (
+            AgentFilter { version: Some("v1".into()), status: Some(Offline), ..of_service.clone() },
+            vec![6],
+        ),
+        (AgentFilter { version: Some("v9".into()), ..of_service.clone() }, vec![]),
+        (AgentFilter { text: Some("WEB-0".into()), ..of_service.clone() }, vec![0, 1, 5, 8]),
+        (AgentFilter { text: Some(r"*b?c\".into()), ..of_service.clone() }, vec![6]),
+        (AgentFilter { text: Some("?".into()), ..of_service.clone() }, vec![6]),
+        (AgentFilter { text: Some(uid_tail), ..of_service.clone() }, vec![2]),
+        (
+            AgentFilter {
+                text: Some("EXAMPLE".into()),
+                status: Some(Degraded),
+                ..of_service.clone()
+            },
+            vec![1],
+        ),
+        (AgentFilter { service_name: Some(format!("{service}-")), ..everything() }, vec![]),
+    ];
+    for (filter, expected) in cases {
+        let mut expected: Vec<InstanceUid> =
+            expected.iter().map(|&i| agents[i].instance_uid).collect();
+        expected.sort();
+        // pages of 2 cross agents the filter skips; a page of 1 ends on each match
+        for page in [2, 1, 1000] {
+            assert_eq!(list_all(store, &filter, page).await, expected, "{filter:?} by {page}");
+        }
+    }
+    // what is listed is the record, whole
+    let listed = store.list(&of_service, None, 1).await.expect("list");
+    let first = agents.iter().min_by_key(|r| r.instance_uid).expect("agents");
+    assert_eq!(listed, std::slice::from_ref(first));
+}
+
+pub async fn stats_count_the_selected_agents_exactly<S: AgentStore>(store: &S) {
+    let (service, _) = create_fleet(store).await;
+    let of_service = AgentFilter { service_name: Some(service.clone()), ..everything() };
+    let expected = AgentStats {
+        total: 9,
+        by_status: StatusCounts { online: 2, degraded: 1, error: 2, disconnected: 2, offline: 2 },
+        by_service: vec![(service.clone(), 9)],
+        by_version: vec![("v1".into(), 4), ("v2".into(), 3), ("v3".into(), 1)],
+        by_remote_config: RemoteConfigCounts {
+            applied: 1,
+            applying: 1,
+            failed: 1,
+            pending: 1,
+            none: 5,
+        },
+    };
+    assert_eq!(store.stats(&of_service).await.expect("stats"), expected);
+
+    let offline = AgentFilter { status: Some(AgentStatus::Offline), ..of_service.clone() };
+    let expected = AgentStats {
+        total: 2,
+        by_status: StatusCounts { offline: 2, ..StatusCounts::default() },
+        by_service: vec![(service.clone(), 2)],
+        by_version: vec![("v1".into(), 1), ("v2".into(), 1)],
+        by_remote_config: RemoteConfigCounts { none: 2, ..RemoteConfigCounts::default() },
+    };
+    assert_eq!(store.stats(&offline).await.expect("stats"), expected);
+
+    let nobody = AgentFilter { version: Some("v9".into()), ..of_service };
+    assert_eq!(store.stats(&nobody).await.expect("stats"), AgentStats::default());
 }
 
 pub async fn flush_then_get_sees_writes<S: AgentStore>(store: &S) {

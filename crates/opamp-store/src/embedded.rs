@@ -40,8 +40,11 @@ use tokio::task::JoinHandle;
 use crate::configs::{
     self, ConfigStore, MAX_CONFIGS, RolloutCounts, StoredConfig, VersionedConfig,
 };
+use crate::fleet::StatsCounter;
 use crate::metrics as m;
-use crate::{AgentStore, Precondition, StoreError, Version, Versioned, codec};
+use crate::{
+    AgentFilter, AgentStats, AgentStore, Precondition, StoreError, Version, Versioned, codec,
+};
 
 /// uid bytes -> 8-byte big-endian `seq_no` followed by the [`codec`] encoding. Byte-array keys
 /// sort like the canonical uuid strings, so listing order matches Elasticsearch's `_id` order.
@@ -353,8 +356,11 @@ impl AgentStore for EmbeddedStore {
         answer.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
     }
 
+    /// A scan in uid order from `after` that decodes one record at a time and keeps only the
+    /// matches, stopping at `limit` of them.
     async fn list(
         &self,
+        filter: &AgentFilter,
         after: Option<InstanceUid>,
         limit: usize,
     ) -> Result<Vec<AgentRecord>, StoreError> {
@@ -365,16 +371,45 @@ impl AgentStore for EmbeddedStore {
             Some(uid) => Bound::Excluded(*uid.as_bytes()),
             None => Bound::Unbounded,
         };
+        let filter = filter.clone();
         self.read(move |table| {
             let mut records = Vec::with_capacity(limit.min(1024));
             for entry in table.range::<[u8; 16]>((lower, Bound::Unbounded)).map_err(storage)? {
                 let (_, value) = entry.map_err(storage)?;
-                records.push(versioned(value.value())?.record);
-                if records.len() == limit {
-                    break;
+                let record = versioned(value.value())?.record;
+                if filter.matches(&record) {
+                    records.push(record);
+                    if records.len() == limit {
+                        break;
+                    }
                 }
             }
             Ok(records)
+        })
+        .await
+    }
+
+    /// One scan of every record, decoded one at a time; records that cannot be decoded are
+    /// left out (and logged), as the rollout counts do.
+    async fn stats(&self, filter: &AgentFilter) -> Result<AgentStats, StoreError> {
+        let filter = filter.clone();
+        self.read(move |table| {
+            let mut counter = StatsCounter::default();
+            let mut unreadable = 0u64;
+            for entry in table.iter().map_err(storage)? {
+                let (_, value) = entry.map_err(storage)?;
+                let Ok(Versioned { record, .. }) = versioned(value.value()) else {
+                    unreadable += 1;
+                    continue;
+                };
+                if filter.matches(&record) {
+                    counter.add(&record, &filter);
+                }
+            }
+            if unreadable > 0 {
+                tracing::warn!(unreadable, "agent counts left out records that are unreadable");
+            }
+            Ok(counter.finish())
         })
         .await
     }

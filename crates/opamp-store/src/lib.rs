@@ -19,12 +19,14 @@ pub mod configs;
 pub mod conformance;
 pub mod elasticsearch;
 pub mod embedded;
+pub mod fleet;
 pub mod metrics;
 mod secret;
 #[cfg(any(test, feature = "conformance"))]
 pub mod secured_cluster;
 
 pub use configs::{ConfigStore, RolloutCounts, StoredConfig, VersionedConfig};
+pub use fleet::{AgentFilter, AgentStats};
 pub use secret::Secret;
 
 /// The version a record was read at. Opaque to callers: they hand it back to [`AgentStore::put`].
@@ -107,12 +109,19 @@ pub trait AgentStore: Send + Sync + std::fmt::Debug + 'static {
     /// Completes every accepted write (for graceful shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
 
-    /// Up to `limit` records with uid greater than `after`, in uid order (admin listing, tests).
+    /// Up to `limit` records that `filter` selects with uid greater than `after`, in uid order
+    /// (the admin listing; a search or a scan, never for the OpAMP path). Holds at most
+    /// `limit` records in memory however many it passes over.
     async fn list(
         &self,
+        filter: &AgentFilter,
         after: Option<InstanceUid>,
         limit: usize,
     ) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// The counts of the agents `filter` selects (the admin API; one search or one scan in
+    /// bounded memory, never for the OpAMP path).
+    async fn stats(&self, filter: &AgentFilter) -> Result<AgentStats, StoreError>;
 }
 
 /// A backend keeping everything opampd stores: agents and remote configs. Every backend (and

@@ -14,6 +14,7 @@ use opamp_store::cache::CacheConfig;
 use opamp_store::elasticsearch::config as es;
 use opamp_store::elasticsearch::enrollment::AuthCacheConfig;
 use opamp_store::elasticsearch::{CaCert, EsAuth, EsConfig};
+use sha2::{Digest, Sha256};
 use url::Url;
 
 /// The exit code for a bad configuration (`EX_USAGE` from sysexits.h).
@@ -37,9 +38,20 @@ pub struct Cli {
     #[arg(long, env = "OPAMPD_LISTEN", default_value = "0.0.0.0:4320")]
     pub listen: SocketAddr,
 
-    /// Address of the admin listener (/healthz, /readyz, /metrics, /api).
+    /// Address of the admin listener (/healthz, /readyz, /metrics, /api, the console). A
+    /// non-loopback address needs --admin-token or --admin-token-file.
     #[arg(long, env = "OPAMPD_ADMIN_LISTEN", default_value = "127.0.0.1:4321")]
     pub admin_listen: SocketAddr,
+
+    /// Bearer token every /api call on the admin listener must carry (`Authorization: Bearer
+    /// <token>`); /healthz, /readyz, /metrics and the console's static files stay open (prefer
+    /// the environment variable or --admin-token-file).
+    #[arg(long, env = "OPAMPD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// File holding the admin token.
+    #[arg(long, env = "OPAMPD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// PEM certificate chain (leaf first) served on the OpAMP listener, which then speaks TLS
     /// only; needs --tls-key. Re-read on SIGHUP and when the file changes.
@@ -221,6 +233,7 @@ impl fmt::Debug for Cli {
         f.debug_struct("Cli")
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
+            .field("admin_token", &self.admin_token)
             .field("store", &self.store)
             .field("es_url", &self.es_url)
             .field("es_api_key", &self.es_api_key)
@@ -340,6 +353,8 @@ pub enum StoreConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The token `/api/*` calls on the admin listener must carry; `None`: no token asked.
+    pub admin_token: Option<AdminToken>,
     /// TLS on the OpAMP listener (the admin listener stays plain HTTP).
     pub tls: Option<TlsFiles>,
     pub store: StoreConfig,
@@ -445,9 +460,11 @@ impl Cli {
             },
         };
         let auth = self.auth_config()?;
+        let admin_token = self.admin_token()?;
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            admin_token,
             tls: self.tls_files()?,
             store,
             auth,
@@ -462,6 +479,26 @@ impl Cli {
             ws_idle_timeout: self.ws_idle_timeout.0,
             log_format: self.log_format,
         })
+    }
+
+    /// `--admin-token[-file]`; required when the admin listener is reachable from elsewhere.
+    fn admin_token(&self) -> Result<Option<AdminToken>, ConfigError> {
+        let token = secret_flag(
+            ("--admin-token", &self.admin_token),
+            ("--admin-token-file", &self.admin_token_file),
+        )?;
+        if token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(invalid("--admin-token must not be empty"));
+        }
+        if token.is_none() && !self.admin_listen.ip().is_loopback() {
+            return Err(invalid(format!(
+                "--admin-listen {} is not a loopback address: the admin API (agents, remote \
+                 configs) would be open to the network; set --admin-token or --admin-token-file \
+                 (env OPAMPD_ADMIN_TOKEN, OPAMPD_ADMIN_TOKEN_FILE), or listen on 127.0.0.1",
+                self.admin_listen
+            )));
+        }
+        Ok(token.map(|t| AdminToken::new(&t)))
     }
 
     /// The `--tls-*` files: certificate and key both or neither. Their content is checked by
@@ -565,6 +602,32 @@ impl Cli {
             (None, None, Some(_)) => Err(invalid("--es-password needs --es-username")),
             (None, None, None) => Ok(EsAuth::None),
         }
+    }
+}
+
+/// The admin token as the server keeps it: only its SHA-256, so presented tokens are compared
+/// digest to digest, in time independent of where they differ (and of their length).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl AdminToken {
+    pub fn new(token: &Secret) -> Self {
+        Self { digest: Sha256::digest(token.expose().as_bytes()).into() }
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let diff = self.digest.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken([redacted])")
     }
 }
 
@@ -900,6 +963,31 @@ mod tests {
         assert!(es_with(&["--auth-cache-ttl", "0s"]).unwrap_err().0.contains("--auth-cache-ttl"));
         let why = es_with(&["--es-enrollment-index", "Bad"]).unwrap_err().0;
         assert!(why.contains("--es-enrollment-index"), "{why}");
+    }
+
+    #[test]
+    fn the_admin_token_is_required_off_loopback_and_compared_by_digest() {
+        assert_eq!(config(&[]).unwrap().admin_token, None);
+        for open in ["0.0.0.0:4321", "10.1.2.3:4321", "[::]:4321"] {
+            let why = rejected(&["--admin-listen", open]);
+            assert!(why.contains("--admin-token") && why.contains(open), "{why}");
+        }
+        assert!(config(&["--admin-listen", "[::1]:4321"]).unwrap().admin_token.is_none());
+        let c = config(&["--admin-listen", "0.0.0.0:4321", "--admin-token", "s3cret"]).unwrap();
+        let token = c.admin_token.expect("token set");
+        assert!(token.matches("s3cret"));
+        assert!(!token.matches("s3cre") && !token.matches("s3cret ") && !token.matches(""));
+        assert!(!format!("{token:?}").contains("s3cret"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let c = config(&["--admin-token-file", file.to_str().unwrap()]).unwrap();
+        assert!(c.admin_token.unwrap().matches("from-file"));
+        let why = rejected(&["--admin-token", "a", "--admin-token-file", file.to_str().unwrap()]);
+        assert!(why.contains("--admin-token-file"), "{why}");
+        assert!(rejected(&["--admin-token", ""]).contains("--admin-token"));
+        assert!(rejected(&["--admin-token-file", "/nonexistent/t"]).contains("--admin-token-file"));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! the config's shared rollout state by compare-and-swap), the failure count that pauses a
 //! rollout, and the operations behind the admin API.
 //!
-//! The OpAMP path reads only memory here: [`Configs::snapshot`] is an `Arc` clone and
-//! [`Configs::permit`] a map lookup; every store access happens in the background task or on an
-//! admin call, except counting a newly failed agent (rare, and only for a config that can pause).
+//! The OpAMP path reads only memory here: [`Configs::snapshot`] is an `Arc` clone,
+//! [`Configs::permit`] a map lookup and [`Configs::record_failure`] a counter; every store access
+//! happens in the background task (refresh, slot claims, failure counts flushed in one write per
+//! config) or on an admin call.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,7 +21,7 @@ use opamp_store::{
 };
 use tokio::sync::Notify;
 
-use crate::service::Clock;
+use crate::clock::Clock;
 use crate::telemetry;
 
 /// Default of `--config-refresh`: a change made on another instance is in force here within
@@ -50,6 +51,11 @@ pub enum ConfigError {
 pub struct ConfigView {
     pub stored: StoredConfig,
     pub version: Version,
+}
+
+/// A std mutex's guard, also after a panic elsewhere poisoned it (the data is counters only).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Send slots this instance holds for one rate-limited config.
@@ -84,6 +90,12 @@ struct Inner {
     /// The configs last read, by name: what `set` was built from.
     loaded: tokio::sync::Mutex<BTreeMap<String, VersionedConfig>>,
     pools: Mutex<HashMap<String, Pool>>,
+    /// Failures counted here and not yet written to the configs' rollout state.
+    failures: Mutex<HashMap<(String, ConfigHash), u32>>,
+    /// For each config that pauses on failures: the failures it may still take before it
+    /// pauses, as far as this instance knows (stored count and its own unwritten ones). At zero
+    /// this instance stops sending it at once, before the pause is written and read back.
+    budgets: Mutex<HashMap<String, (ConfigHash, u32)>>,
     demand: Notify,
     /// Set by the first successful read of the store: until then this instance does not say
     /// it is ready (it would decide agents against no configs at all).
@@ -109,6 +121,8 @@ impl Configs {
                 set: RwLock::new(Arc::new(ConfigSet::default())),
                 loaded: tokio::sync::Mutex::new(BTreeMap::new()),
                 pools: Mutex::new(HashMap::new()),
+                failures: Mutex::new(HashMap::new()),
+                budgets: Mutex::new(HashMap::new()),
                 demand: Notify::new(),
                 loaded_once: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -129,12 +143,20 @@ impl Configs {
     /// yes while this instance holds an unexpired slot (taking it), otherwise no, and more
     /// slots are claimed in the background for the agent's next message.
     pub fn permit(&self, config: &RemoteConfig) -> bool {
+        if config.rollout().pause_on_failures.is_some() {
+            let budgets = lock(&self.inner.budgets);
+            if budgets.get(config.name()).is_some_and(|(h, left)| h == config.hash() && *left == 0)
+            {
+                metrics::counter!(telemetry::REMOTE_CONFIG_HELD_TOTAL).increment(1);
+                return false;
+            }
+        }
         if config.rollout().max_agents_per_minute.is_none() {
             return true;
         }
         let now = (self.inner.clock)();
         let granted = {
-            let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pools = lock(&self.inner.pools);
             let pool = pools
                 .entry(config.name().to_owned())
                 .or_insert_with(|| Pool::empty(*config.hash()));
@@ -158,7 +180,7 @@ impl Configs {
 
     /// Gives back a slot taken for a send that did not happen (its write lost a race).
     pub fn return_slot(&self, desired: &DesiredConfig) {
-        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = lock(&self.inner.pools);
         if let Some(pool) = pools.get_mut(&desired.name)
             && pool.hash == desired.hash
         {
@@ -167,9 +189,11 @@ impl Configs {
     }
 
     /// Counts an agent that newly reported FAILED for `desired`'s hash against that config's
-    /// `pause_on_failures`, pausing the rollout when it reaches it. Nothing is counted for a
-    /// config that cannot pause, or whose content changed since.
-    pub async fn record_failure(&self, desired: &DesiredConfig) {
+    /// `pause_on_failures`. Memory only: the background task adds the count to the config's
+    /// rollout state (one compare-and-swap write per config, whatever the number of failures),
+    /// and this instance stops sending the config as soon as its own count reaches the budget.
+    /// Nothing is counted for a config that cannot pause, or whose content changed since.
+    pub fn record_failure(&self, desired: &DesiredConfig) {
         metrics::counter!(telemetry::REMOTE_CONFIG_FAILED_TOTAL).increment(1);
         let can_pause = self
             .snapshot()
@@ -178,25 +202,45 @@ impl Configs {
         if !can_pause {
             return;
         }
-        let outcome = self
-            .update(&desired.name, |stored| {
-                if *stored.config.hash() != desired.hash {
-                    return false;
+        *lock(&self.inner.failures).entry((desired.name.clone(), desired.hash)).or_default() += 1;
+        if let Some((hash, left)) = lock(&self.inner.budgets).get_mut(&desired.name)
+            && *hash == desired.hash
+        {
+            *left = left.saturating_sub(1);
+        }
+        self.inner.demand.notify_one();
+    }
+
+    /// Writes the failures counted here into the configs' rollout states; on a store failure
+    /// they are kept for the next attempt.
+    async fn flush_failures(&self) {
+        let pending: Vec<((String, ConfigHash), u32)> =
+            lock(&self.inner.failures).drain().collect();
+        for ((name, hash), n) in pending {
+            let outcome = self
+                .update(&name, |stored| {
+                    if *stored.config.hash() != hash {
+                        return false;
+                    }
+                    let policy = stored.config.rollout();
+                    if stored.rollout.record_failures(policy, n) {
+                        tracing::warn!(
+                            config = %name,
+                            failures = stored.rollout.failures,
+                            "rollout paused: too many agents failed to apply the config; \
+                             POST /api/configs/{{name}}/resume to go on"
+                        );
+                    }
+                    true
+                })
+                .await;
+            match outcome {
+                Ok(()) | Err(ConfigError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(config = %name, failures = n, error = %e, "could not count failed agents yet");
+                    *lock(&self.inner.failures).entry((name, hash)).or_default() += n;
                 }
-                let policy = stored.config.rollout();
-                if stored.rollout.record_failures(policy, 1) {
-                    tracing::warn!(
-                        config = %desired.name,
-                        failures = stored.rollout.failures,
-                        "rollout paused: too many agents failed to apply the config; \
-                         POST /api/configs/{{name}}/resume to go on"
-                    );
-                }
-                true
-            })
-            .await;
-        if let Err(e) = outcome {
-            tracing::warn!(config = %desired.name, error = %e, "could not count a failed agent");
+            }
         }
     }
 
@@ -208,15 +252,23 @@ impl Configs {
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                () = &mut stop => return,
+                () = &mut stop => {
+                    // what was counted here is not lost with the process
+                    self.flush_failures().await;
+                    return;
+                }
                 _ = tick.tick() => {
                     if let Err(e) = self.refresh().await {
                         metrics::counter!(telemetry::CONFIG_REFRESH_FAILURES_TOTAL).increment(1);
                         tracing::debug!(error = %e, "config refresh failed; keeping the configs in force");
                     }
+                    self.flush_failures().await;
                     self.claim_wanted().await;
                 }
-                () = self.inner.demand.notified() => self.claim_wanted().await,
+                () = self.inner.demand.notified() => {
+                    self.flush_failures().await;
+                    self.claim_wanted().await;
+                }
             }
         }
     }
@@ -259,10 +311,32 @@ impl Configs {
         metrics::gauge!(telemetry::REMOTE_CONFIGS).set(set.len() as f64);
         {
             // slots of a config that is gone, changed or paused are dropped
-            let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pools = lock(&self.inner.pools);
             pools.retain(|name, pool| {
                 set.get(name).is_some_and(|c| *c.hash() == pool.hash) && !set.is_paused(name)
             });
+        }
+        {
+            // the failure budgets as stored, less what this instance counted and did not write
+            let unwritten = lock(&self.inner.failures);
+            let budgets = loaded
+                .values()
+                .filter_map(|v| {
+                    let config = &v.stored.config;
+                    let k = config.rollout().pause_on_failures?;
+                    let mine = unwritten
+                        .get(&(config.name().to_owned(), *config.hash()))
+                        .copied()
+                        .unwrap_or(0);
+                    let left = if v.stored.rollout.paused {
+                        0
+                    } else {
+                        k.saturating_sub(v.stored.rollout.failures).saturating_sub(mine)
+                    };
+                    Some((config.name().to_owned(), (*config.hash(), left)))
+                })
+                .collect();
+            *lock(&self.inner.budgets) = budgets;
         }
         *self.inner.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
     }
@@ -271,7 +345,7 @@ impl Configs {
     async fn claim_wanted(&self) {
         let now = (self.inner.clock)();
         let wanted: Vec<(String, ConfigHash)> = {
-            let pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+            let pools = lock(&self.inner.pools);
             pools
                 .iter()
                 .filter(|(_, p)| {
@@ -304,7 +378,7 @@ impl Configs {
             granted > 0
         })
         .await?;
-        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = lock(&self.inner.pools);
         if let Some(pool) = pools.get_mut(name)
             && pool.hash == hash
         {

@@ -8,10 +8,15 @@
 //! metrics and the agent API; [`error`] the one place errors become statuses and in-band
 //! replies; [`server`] connection handling and draining; [`store`] opening the configured
 //! backend; [`state`] the handles handlers share; [`telemetry`] logs, metric names and the
-//! recording helpers; [`tls`] TLS on the OpAMP listener (files, handshakes, reloads).
+//! recording helpers; [`tls`] TLS on the OpAMP listener (files, handshakes, reloads);
+//! [`configs`] the remote configs in force, rollout pacing and the config operations;
+//! [`clock`] the wall clock the core is given; [`client`] the `agents` and `stats` commands,
+//! which ask a running server's admin API.
 
 pub mod admin;
 pub mod auth;
+pub mod client;
+pub mod clock;
 pub mod config;
 pub mod configs;
 pub mod error;
@@ -69,6 +74,9 @@ pub enum RunError {
     Auth(auth::AuthSetupError),
 }
 
+/// How long startup waits for the first read of the remote configs.
+const FIRST_CONFIG_READ: Duration = Duration::from_secs(2);
+
 /// How long the admin listener keeps answering after the OpAMP listener has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -78,7 +86,7 @@ pub fn app_state(config: &Config, store: Arc<dyn Backend>) -> Result<AppState, R
     // the recorder exists before the key checker registers its series
     let metrics = telemetry::metrics_handle();
     let auth = auth::from_config(config).map_err(RunError::Auth)?;
-    let clock = service::system_clock();
+    let clock = clock::system_clock();
     let configs = configs::Configs::new(store.clone(), clock.clone(), config.config_refresh);
     Ok(AppState {
         service: OpampService::new(store, configs, ServerConfig::default(), clock),
@@ -93,6 +101,7 @@ pub fn app_state(config: &Config, store: Arc<dyn Backend>) -> Result<AppState, R
         offline_after: config.offline_after,
         ws: sessions::Sessions::new(config.max_ws_sessions),
         auth,
+        admin_token: config.admin_token.clone(),
     })
 }
 
@@ -124,6 +133,18 @@ pub async fn run_with_tls(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let state = app_state(config, store.clone())?;
+    // Read the remote configs before serving, so an instance that can reach its store is ready
+    // at once; one that cannot keeps trying in the background and is not ready until then.
+    match tokio::time::timeout(FIRST_CONFIG_READ, state.service.configs().refresh()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "remote configs not read yet; retrying in the background");
+        }
+        Err(_) => tracing::warn!(
+            wait = ?FIRST_CONFIG_READ,
+            "remote configs not read yet; retrying in the background"
+        ),
+    }
     let (stop_opamp, stop_opamp_rx) = watch::channel(false);
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     tracing::info!(

@@ -1,12 +1,14 @@
 //! The opampd binary: parse and validate the configuration, set up logging, open the store,
-//! bind the listeners and serve until SIGTERM or SIGINT; SIGHUP re-reads the TLS files. All
+//! bind the listeners and serve until SIGTERM or SIGINT; SIGHUP re-reads the TLS files. Or, with
+//! a command (`agents`, `stats`), ask a running server's admin API and print the answer. All
 //! behaviour lives in the library.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use opampd::config::{Cli, EXIT_CONFIG};
+use opampd::client::{self, ClientLine, Command, CommandLine};
+use opampd::config::EXIT_CONFIG;
 use opampd::store::Store;
 use opampd::tls::{ReloadTrigger, ServerTls};
 use opampd::{Listeners, telemetry};
@@ -19,8 +21,21 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // validated before the runtime starts and before any port is bound
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    if client::is_client_command(std::env::args_os().nth(1).as_deref()) {
+        return match ClientLine::try_parse() {
+            Ok(line) => ask(line.command),
+            Err(e) => {
+                let _ = e.print();
+                ExitCode::from(if e.use_stderr() { EXIT_CONFIG as u8 } else { 0 })
+            }
+        };
+    }
+    let cli = match CommandLine::try_parse() {
+        Ok(CommandLine { command: None, serve }) => serve,
+        Ok(CommandLine { command: Some(Command::Serve(serve)), .. }) => *serve,
+        Ok(CommandLine { command: Some(Command::Client(command)), .. }) => {
+            return ask(command);
+        }
         Err(e) if !e.use_stderr() => {
             // --help and --version
             let _ = e.print();
@@ -59,6 +74,24 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "opampd failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command against a running server's admin API; its errors go to stderr.
+fn ask(command: client::ClientCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("opampd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(client::run(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("opampd: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -7,15 +7,17 @@
 //! made again against a fresh read.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use opamp_core::{Enrollment, Refusal, Remote, ServerConfig, Timestamp};
+use opamp_core::{Enrollment, FullStateReason, Refusal, Remote, ServerConfig, Timestamp};
 use opamp_proto::v1::{AgentToServer, ServerToAgent};
 use opamp_proto::{InstanceUid, Message};
 use opamp_store::{AgentStore, Precondition, StoreError};
 
+use crate::clock::Clock;
 use crate::configs::Configs;
 use crate::error::RequestError;
 use crate::telemetry;
@@ -24,16 +26,6 @@ use crate::telemetry;
 /// another writer made progress, so this bounds latency, not correctness.
 pub const MAX_CAS_ATTEMPTS: u32 = 5;
 
-/// Milliseconds since the Unix epoch, the core's notion of time.
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// The wall clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
-    })
-}
-
 /// Handles OpAMP messages against the store. Cheap to clone (handles only).
 #[derive(Clone)]
 pub struct OpampService {
@@ -41,6 +33,30 @@ pub struct OpampService {
     configs: Configs,
     server: ServerConfig,
     clock: Clock,
+    full_state: Arc<FullStateCounts>,
+}
+
+/// The `ReportFullState` requests this instance made since it started, by reason: the same
+/// events as `opampd_report_full_state_total`, counted per service (the metrics recorder is one
+/// per process, shared by the servers a test starts), for `/api/stats`.
+#[derive(Debug, Default)]
+pub struct FullStateCounts([AtomicU64; FullStateReason::ALL.len()]);
+
+impl FullStateCounts {
+    fn record(&self, reason: FullStateReason) {
+        let i = FullStateReason::ALL.iter().position(|r| *r == reason).unwrap_or_default();
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every reason with its count, in [`FullStateReason::ALL`] order.
+    pub fn snapshot(&self) -> [(FullStateReason, u64); FullStateReason::ALL.len()] {
+        let mut i = 0;
+        FullStateReason::ALL.map(|reason| {
+            let n = self.0[i].load(Ordering::Relaxed);
+            i += 1;
+            (reason, n)
+        })
+    }
 }
 
 impl fmt::Debug for OpampService {
@@ -59,7 +75,12 @@ impl OpampService {
         server: ServerConfig,
         clock: Clock,
     ) -> Self {
-        Self { store, configs, server, clock }
+        Self { store, configs, server, clock, full_state: Arc::default() }
+    }
+
+    /// The `ReportFullState` requests this service made since it started.
+    pub fn full_state_counts(&self) -> &FullStateCounts {
+        &self.full_state
     }
 
     pub fn store(&self) -> &Arc<dyn AgentStore> {
@@ -148,6 +169,7 @@ impl OpampService {
                 Ok(_) => {
                     if let Some(reason) = processed.report_full_state {
                         telemetry::record_full_state(reason);
+                        self.full_state.record(reason);
                     }
                     if remote.sent.is_some() {
                         metrics::counter!(telemetry::REMOTE_CONFIG_SENT_TOTAL).increment(1);
@@ -156,7 +178,7 @@ impl OpampService {
                         && let Some(desired) = &processed.record.desired_config
                         && desired.hash == failed
                     {
-                        self.configs.record_failure(desired).await;
+                        self.configs.record_failure(desired);
                     }
                     tracing::debug!(
                         instance_uid = %uid,

@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use opamp_store::elasticsearch::enrollment::EnrollmentAuth;
 use tokio::sync::Semaphore;
 
+use crate::config::AdminToken;
 use crate::service::OpampService;
 use crate::sessions::Sessions;
 
@@ -50,4 +51,7 @@ pub struct AppState {
     /// The agent key checker (`--auth elasticsearch`), `None` when agents are not
     /// authenticated; the OpAMP route's layer uses it, handlers never do.
     pub auth: Option<EnrollmentAuth>,
+    /// The token `/api/*` calls on the admin listener must carry (`--admin-token`); the admin
+    /// router's layer checks it, handlers never do.
+    pub admin_token: Option<AdminToken>,
 }

@@ -569,7 +569,7 @@ fn tags<'a>(service_name: Option<&'a str>, d: Option<&'a v1::AgentDescription>) 
 }
 
 /// The last string value of attribute `key` (identifying first, then non-identifying).
-fn string_attribute<'a>(d: &'a v1::AgentDescription, key: &str) -> Option<&'a str> {
+pub(crate) fn string_attribute<'a>(d: &'a v1::AgentDescription, key: &str) -> Option<&'a str> {
     let find = |attrs: &'a [v1::KeyValue]| {
         attrs.iter().rev().find(|kv| kv.key == key).and_then(|kv| {
             match kv.value.as_ref()?.value.as_ref()? {
@@ -581,7 +581,8 @@ fn string_attribute<'a>(d: &'a v1::AgentDescription, key: &str) -> Option<&'a st
     find(&d.identifying_attributes).or_else(|| find(&d.non_identifying_attributes))
 }
 
-fn truncate(s: &str) -> &str {
+/// `s` cut to what a keyword field takes (at a char boundary).
+pub(crate) fn truncate(s: &str) -> &str {
     if s.len() <= MAX_KEYWORD_BYTES {
         return s;
     }

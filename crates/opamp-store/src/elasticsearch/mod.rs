@@ -7,28 +7,27 @@
 //! document and mapping), `writer` (group commit), `reader` (`_mget` batching), [`enrollment`]
 //! (agent authentication with fleet's enrollment API keys, cached), `remote_configs` (the
 //! [`ConfigStore`](crate::ConfigStore): remote configs in their own index, rollout counts by
-//! one aggregation over the agents).
+//! one aggregation over the agents), `fleet` (the admin listing and counts: a search each).
 
 pub mod config;
 pub mod document;
 pub mod enrollment;
+mod fleet;
 mod reader;
 mod remote_configs;
 mod writer;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
+use elasticsearch::Elasticsearch;
 use elasticsearch::cluster::ClusterHealthParts;
-use elasticsearch::indices::{
-    IndicesCreateParts, IndicesExistsParts, IndicesPutMappingParts, IndicesRefreshParts,
-};
+use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts, IndicesPutMappingParts};
 use elasticsearch::params::Level;
-use elasticsearch::{Elasticsearch, SearchParts};
 use opamp_core::AgentRecord;
 use opamp_proto::InstanceUid;
 use serde_json::{Value, json};
@@ -41,7 +40,7 @@ pub use config::{
 };
 
 use crate::metrics as m;
-use crate::{AgentStore, Precondition, StoreError, Version, Versioned};
+use crate::{AgentFilter, AgentStats, AgentStore, Precondition, StoreError, Version, Versioned};
 
 /// Agent state in Elasticsearch. Cheap to clone (a handle); the background batchers stop once
 /// every clone is dropped and what they hold is answered.
@@ -74,6 +73,8 @@ pub(crate) struct Shared {
     /// Whether the agent index maps the `opampd.remote_config.*` fields: [`FIELDS_UNKNOWN`],
     /// [`FIELDS_MAPPED`] (learnt at set-up, or from `_mapping` once) or [`FIELDS_UNMAPPED`].
     remote_config_fields: AtomicU8,
+    /// Where the agent index keeps the attributes the admin listing filters on, learnt once.
+    fleet_fields: OnceLock<fleet::FleetFields>,
     /// Writes accepted and not yet answered, for `flush`.
     outstanding: AtomicUsize,
     drained: Notify,
@@ -183,6 +184,7 @@ impl ElasticsearchStore {
             config_index_setup: Mutex::new(()),
             config_index_exists: AtomicBool::new(false),
             remote_config_fields: AtomicU8::new(FIELDS_UNKNOWN),
+            fleet_fields: OnceLock::new(),
             outstanding: AtomicUsize::new(0),
             drained: Notify::new(),
         });
@@ -590,86 +592,26 @@ impl AgentStore for ElasticsearchStore {
             .map_err(|_| StoreError::Unavailable("flush timed out".into()))
     }
 
-    /// Admin listing by `_search` sorted on `agent.id` (equal to `_id`, which ES does not sort
-    /// on). Refreshes first so it sees recent writes; not for the hot path.
+    /// A `_search` sorted on `agent.id`, paged with `search_after` (see `fleet`). Refreshes
+    /// first so it sees recent writes; not for the hot path.
     async fn list(
         &self,
+        filter: &AgentFilter,
         after: Option<InstanceUid>,
         limit: usize,
     ) -> Result<Vec<AgentRecord>, StoreError> {
-        let timeout = self.shared.cfg.request_timeout;
-        tokio::time::timeout(timeout, self.list_inner(after, limit))
+        let timeout = self.shared.cfg.request_timeout * 2;
+        tokio::time::timeout(timeout, self.list_inner(filter, after, limit))
             .await
             .map_err(|_| StoreError::Unavailable("list timed out".into()))?
     }
-}
 
-impl ElasticsearchStore {
-    async fn list_inner(
-        &self,
-        after: Option<InstanceUid>,
-        limit: usize,
-    ) -> Result<Vec<AgentRecord>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let index = self.shared.cfg.index.as_str();
-        let client = &self.shared.client;
-        let refresh = client
-            .indices()
-            .refresh(IndicesRefreshParts::Index(&[index]))
-            .send()
+    /// One `size: 0` `_search` with aggregations (see `fleet`), after a refresh.
+    async fn stats(&self, filter: &AgentFilter) -> Result<AgentStats, StoreError> {
+        let timeout = self.shared.cfg.request_timeout * 2;
+        tokio::time::timeout(timeout, self.stats_inner(filter))
             .await
-            .map_err(transport_error)?;
-        if !refresh.status_code().is_success() && refresh.status_code().as_u16() != 404 {
-            let status = refresh.status_code().as_u16();
-            let text = refresh.text().await.unwrap_or_default();
-            return Err(status_error(status, &text));
-        }
-        let mut out = Vec::with_capacity(limit.min(10_000));
-        let mut cursor = after.map(|uid| uid.to_string());
-        // Pages are at most this big whatever `limit` is; ES refuses windows over 10k.
-        let page = limit.min(1_000);
-        while out.len() < limit {
-            let mut body = json!({
-                "size": page,
-                "query": { "bool": { "filter": [ { "term": { "type": "OPAMP" } } ] } },
-                "sort": [ { "agent.id": "asc" } ],
-                "_source": document::READ_SOURCE_FIELDS,
-                "track_total_hits": false,
-            });
-            if let Some(c) = &cursor {
-                body["search_after"] = json!([c]);
-            }
-            let response = client
-                .search(SearchParts::Index(&[index]))
-                .body(body)
-                .send()
-                .await
-                .map_err(transport_error)?;
-            if response.status_code().as_u16() == 404 {
-                break;
-            }
-            let body = json_body(response, "search").await?;
-            let hits =
-                body.pointer("/hits/hits").and_then(Value::as_array).cloned().unwrap_or_default();
-            for hit in &hits {
-                let Some(id) = hit.get("_id").and_then(Value::as_str) else { continue };
-                cursor = Some(id.to_owned());
-                let source = hit.get("_source").unwrap_or(&Value::Null);
-                let uid: InstanceUid = id
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("document id {id}: {e}")))?;
-                out.push(document::from_source(source, uid)?);
-                if out.len() == limit {
-                    break;
-                }
-            }
-            if hits.len() < page {
-                break;
-            }
-        }
-        Ok(out)
+            .map_err(|_| StoreError::Unavailable("agent counts timed out".into()))?
     }
 }
 
@@ -698,7 +640,18 @@ fn transport_error(err: elasticsearch::Error) -> StoreError {
     if err.is_timeout() {
         StoreError::Unavailable("elasticsearch request timed out".into())
     } else {
-        StoreError::Unavailable(format!("elasticsearch unreachable: {err}"))
+        // the causes say why (refused connection, "invalid peer certificate: UnknownIssuer", ...)
+        let mut message = format!("elasticsearch unreachable: {err}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        StoreError::Unavailable(message)
     }
 }
 

@@ -142,7 +142,7 @@ impl Shared {
     /// Whether the agent index maps the `opampd.remote_config.*` fields, learnt at set-up or
     /// asked of `_mapping` once. Credentials that may not read the mapping (fleet-server's
     /// service token on `.fleet-agents`) and a mapping opampd could not change both mean no.
-    async fn remote_config_fields_mapped(&self) -> Result<bool, StoreError> {
+    pub(super) async fn remote_config_fields_mapped(&self) -> Result<bool, StoreError> {
         match self.remote_config_fields.load(Ordering::Acquire) {
             FIELDS_MAPPED => return Ok(true),
             FIELDS_UNMAPPED => return Ok(false),

@@ -12,7 +12,9 @@ use opamp_proto::InstanceUid;
 use opamp_store::cache::{CacheConfig, CacheStats, CachedStore};
 use opamp_store::conformance::{full_record, minimal_record};
 use opamp_store::embedded::EmbeddedStore;
-use opamp_store::{AgentStore, Precondition, StoreError, Version, Versioned};
+use opamp_store::{
+    AgentFilter, AgentStats, AgentStore, Precondition, StoreError, Version, Versioned,
+};
 use tempfile::TempDir;
 
 /// One backend shared by several caches (as Elasticsearch is by several instances), counting
@@ -50,10 +52,14 @@ impl AgentStore for Backend {
     }
     async fn list(
         &self,
+        filter: &AgentFilter,
         after: Option<InstanceUid>,
         limit: usize,
     ) -> Result<Vec<AgentRecord>, StoreError> {
-        self.store.list(after, limit).await
+        self.store.list(filter, after, limit).await
+    }
+    async fn stats(&self, filter: &AgentFilter) -> Result<AgentStats, StoreError> {
+        self.store.stats(filter).await
     }
 }
 

@@ -402,3 +402,22 @@ async fn writes_to_a_read_only_index_are_unavailable_and_resume_when_the_block_i
     assert_eq!(t.store.get(known.instance_uid).await.unwrap().unwrap().version, v2);
     t.delete().await;
 }
+
+/// With fleet-server's service token (read and write on `.fleet-agents`, not its mapping), the
+/// fleet listing and counts learn the fields from `_field_caps` and read the unmapped service
+/// name and remote-config state from `_source`: the same answers as everywhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_listing_and_counts_work_with_the_service_token_on_fleet_agents() {
+    let Some(cluster) = opamp_store::secured_cluster::SecuredCluster::connect().await else {
+        return;
+    };
+    cluster
+        .run(Duration::from_secs(120), async |cluster| {
+            let store = ElasticsearchStore::connect(cluster.es_config(DEFAULT_INDEX))
+                .await
+                .expect("connect with the service token");
+            conformance::list_selects_by_status_service_version_and_text(&store).await;
+            conformance::stats_count_the_selected_agents_exactly(&store).await;
+        })
+        .await;
+}

@@ -55,6 +55,23 @@ struct RolloutBody {
     pause_on_failures: Option<u32>,
 }
 
+/// The config a `PUT /api/configs/{name}` body describes, or the reason it is refused (bad JSON,
+/// an unknown or missing field, a config over its bounds). Never panics on any input.
+pub fn parse_config(name: String, body: &[u8]) -> Result<RemoteConfig, String> {
+    let parsed: ConfigBody =
+        serde_json::from_slice(body).map_err(|e| format!("bad config JSON: {e}"))?;
+    let files = parsed
+        .files
+        .into_iter()
+        .map(|(n, f)| (n, ConfigFile { body: f.body, content_type: f.content_type }))
+        .collect();
+    let rollout = parsed.rollout.map_or(RolloutPolicy::default(), |r| RolloutPolicy {
+        max_agents_per_minute: r.max_agents_per_minute,
+        pause_on_failures: r.pause_on_failures,
+    });
+    RemoteConfig::new(name, parsed.selector, files, rollout).map_err(|e| e.to_string())
+}
+
 fn bad_request(reason: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": reason.into()}))).into_response()
 }
@@ -84,22 +101,9 @@ async fn put(State(state): State<AppState>, Path(name): Path<String>, body: Body
         Ok(b) => b,
         Err(_) => return bad_request(format!("body over {MAX_PUT_BODY} bytes (or unreadable)")),
     };
-    let parsed: ConfigBody = match serde_json::from_slice(&bytes) {
-        Ok(p) => p,
-        Err(e) => return bad_request(format!("bad config JSON: {e}")),
-    };
-    let files = parsed
-        .files
-        .into_iter()
-        .map(|(n, f)| (n, ConfigFile { body: f.body, content_type: f.content_type }))
-        .collect();
-    let rollout = parsed.rollout.map_or(RolloutPolicy::default(), |r| RolloutPolicy {
-        max_agents_per_minute: r.max_agents_per_minute,
-        pause_on_failures: r.pause_on_failures,
-    });
-    let config = match RemoteConfig::new(name, parsed.selector, files, rollout) {
+    let config = match parse_config(name, &bytes) {
         Ok(c) => c,
-        Err(e) => return bad_request(e.to_string()),
+        Err(reason) => return bad_request(reason),
     };
     match state.service.configs().put(config).await {
         Ok(view) => Json(config_json(&view, None)).into_response(),

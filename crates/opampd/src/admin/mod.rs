@@ -1,35 +1,53 @@
-//! The admin listener: liveness, readiness, Prometheus metrics and a read-only agent API.
-//! Bound to localhost by default; it must never be the OpAMP port. Agent JSON is built here by
-//! hand because the core types deliberately carry no serialization.
+//! The admin listener: liveness, readiness, Prometheus metrics, the fleet API (agents filtered
+//! and paged, one agent, fleet counts) and the remote configs, every `/api` route behind the
+//! admin token when one is set ([`token`]). Bound to localhost by default; it must never be the
+//! OpAMP port. Agent JSON is built here by hand because the core types deliberately carry no
+//! serialization.
 
 use std::collections::BTreeMap;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use http::{StatusCode, header};
-use opamp_core::AgentRecord;
+use opamp_core::{AgentRecord, AgentStatus};
 use opamp_proto::v1::{
     AgentConfigMap, AnyValue, ComponentDetails, ComponentHealth, KeyValue, PackageStatus, any_value,
 };
 use opamp_proto::{InstanceUid, agent_caps};
+use opamp_store::fleet::{AgentFilter, AgentStats, MAX_TEXT_CHARS, RemoteConfigState, STATUSES};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::state::AppState;
 
 pub mod configs;
+pub mod token;
+pub mod ui;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // every /api path, unknown ones included, is behind the token
+    let api = Router::new()
         .merge(configs::routes())
+        .route("/api/agents", get(agents))
+        .route("/api/agents/{uid}", get(agent))
+        .route("/api/stats", get(stats))
+        .route("/api/{*rest}", any(unknown_api))
+        .route_layer(middleware::from_fn_with_state(state.clone(), token::require));
+    Router::new()
+        .merge(api)
+        .merge(ui::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/agents", get(agents))
-        .route("/api/agents/{uid}", get(agent))
         .with_state(state)
+}
+
+async fn unknown_api() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"error": "no such api"}))).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -62,40 +80,164 @@ async fn metrics(State(state): State<AppState>) -> Response {
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1_000;
 
+/// The filters of `GET /api/agents` and `GET /api/stats`; an empty value is no filter (what
+/// a form sends for a field left blank).
 #[derive(Debug, Deserialize)]
-struct PageQuery {
-    limit: Option<usize>,
+#[serde(deny_unknown_fields)]
+struct AgentsQuery {
+    status: Option<String>,
+    service_name: Option<String>,
+    version: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
     /// The `next_cursor` of the previous page: opaque to callers.
     cursor: Option<String>,
 }
 
-/// `GET /api/agents?limit=&cursor=`: every agent in a stable order, a page at a time, as
-/// `{"agents": [...], "next_cursor": "..." | null}`. Off the hot path: on Elasticsearch it is a
-/// search, never run for an OpAMP message.
-async fn agents(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let after = match q.cursor.as_deref().map(str::parse::<InstanceUid>) {
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    status: Option<String>,
+    service_name: Option<String>,
+    version: Option<String>,
+    q: Option<String>,
+}
+
+fn bad_request(reason: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": reason.into()}))).into_response()
+}
+
+/// A query string that does not parse (an unknown parameter, one given twice).
+fn bad_query(rejection: &QueryRejection) -> Response {
+    bad_request(rejection.body_text())
+}
+
+/// The filter the parameters describe, with the status read at this instance's clock; or why a
+/// value is not one the API knows.
+fn filter(
+    state: &AppState,
+    status: Option<String>,
+    service_name: Option<String>,
+    version: Option<String>,
+    q: Option<String>,
+) -> Result<AgentFilter, String> {
+    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let status = match given(status) {
+        None => None,
+        Some(s) => Some(STATUSES.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = STATUSES.iter().map(|k| k.as_str()).collect();
+            format!("unknown status {s:?} (one of {})", known.join(", "))
+        })?),
+    };
+    let text = given(q);
+    if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT_CHARS) {
+        return Err(format!("q is longer than {MAX_TEXT_CHARS} characters"));
+    }
+    Ok(AgentFilter {
+        status,
+        service_name: given(service_name),
+        version: given(version),
+        text,
+        ..AgentFilter::all(state.service.now(), offline_after_ms(state))
+    })
+}
+
+fn offline_after_ms(state: &AppState) -> u64 {
+    u64::try_from(state.offline_after.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `GET /api/agents?status=&service_name=&version=&q=&limit=&cursor=`: the agents the filters
+/// select in a stable order (uid), a page at a time, as `{"agents": [...], "next_cursor": "..."
+/// | null}`. Off the hot path: on Elasticsearch it is a search, on the embedded store a scan.
+async fn agents(
+    State(state): State<AppState>,
+    query: Result<Query<AgentsQuery>, QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(rejection) => return bad_query(&rejection),
+    };
+    let limit = match q.limit.as_deref().filter(|l| !l.is_empty()).map(str::parse::<usize>) {
+        None => DEFAULT_PAGE,
+        Some(Ok(0)) => return bad_request("limit must be at least 1"),
+        Some(Ok(n)) => n.min(MAX_PAGE),
+        Some(Err(_)) => return bad_request("limit is not a number"),
+    };
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()).map(str::parse::<InstanceUid>) {
         None => None,
         Some(Ok(uid)) => Some(uid),
-        Some(Err(_)) => {
-            return (StatusCode::BAD_REQUEST, Json(json!({"error": "bad cursor"}))).into_response();
-        }
+        Some(Err(_)) => return bad_request("bad cursor (pass back a next_cursor)"),
+    };
+    let filter = match filter(&state, q.status, q.service_name, q.version, q.q) {
+        Ok(f) => f,
+        Err(reason) => return bad_request(reason),
     };
     // one more than asked says whether another page exists
-    match state.service.store().list(after, limit + 1).await {
+    match state.service.store().list(&filter, after, limit + 1).await {
         Ok(mut records) => {
             let next_cursor = (records.len() > limit).then(|| {
                 records.truncate(limit);
                 records.last().map(|r| r.instance_uid.to_string())
             });
-            let now = state.service.now();
-            let offline_after = state.offline_after.as_millis() as u64;
-            let agents: Vec<Value> =
-                records.iter().map(|r| record_json(r, now, offline_after)).collect();
+            let agents: Vec<Value> = records
+                .iter()
+                .map(|r| record_json(r, filter.now, filter.offline_after_ms))
+                .collect();
             Json(json!({"agents": agents, "next_cursor": next_cursor.flatten()})).into_response()
         }
         Err(e) => store_read_failed(&e),
     }
+}
+
+/// `GET /api/stats?status=&service_name=&version=&q=`: the counts of the agents the filters
+/// select (all by default), and the `ReportFullState` requests this instance made since it
+/// started, by reason.
+async fn stats(
+    State(state): State<AppState>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(rejection) => return bad_query(&rejection),
+    };
+    let filter = match filter(&state, q.status, q.service_name, q.version, q.q) {
+        Ok(f) => f,
+        Err(reason) => return bad_request(reason),
+    };
+    match state.service.store().stats(&filter).await {
+        Ok(stats) => {
+            let mut doc = stats_json(&stats);
+            let full_state = state.service.full_state_counts().snapshot();
+            doc["report_full_state"] =
+                full_state.iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect();
+            doc["as_of_ms"] = json!(filter.now);
+            doc["offline_after_ms"] = json!(filter.offline_after_ms);
+            Json(doc).into_response()
+        }
+        Err(e) => store_read_failed(&e),
+    }
+}
+
+/// The JSON of the fleet counts (every status and remote-config state present, at zero too).
+pub fn stats_json(stats: &AgentStats) -> Value {
+    let by_status: Map<String, Value> = STATUSES
+        .iter()
+        .map(|s: &AgentStatus| (s.as_str().to_owned(), json!(stats.by_status.get(*s))))
+        .collect();
+    let by_remote_config: Map<String, Value> = RemoteConfigState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), json!(stats.by_remote_config.get(*s))))
+        .collect();
+    let values = |v: &[(String, u64)]| -> Map<String, Value> {
+        v.iter().map(|(k, n)| (k.clone(), json!(n))).collect()
+    };
+    json!({
+        "total": stats.total,
+        "by_status": by_status,
+        "by_service": values(&stats.by_service),
+        "by_version": values(&stats.by_version),
+        "by_remote_config": by_remote_config,
+    })
 }
 
 async fn agent(State(state): State<AppState>, Path(uid): Path<String>) -> Response {
@@ -275,4 +417,43 @@ fn any_value(v: Option<&AnyValue>) -> Value {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use opamp_store::fleet::{RemoteConfigCounts, StatusCounts};
+
+    use super::*;
+
+    #[test]
+    fn stats_list_every_status_and_state_by_name() {
+        let stats = AgentStats {
+            total: 6,
+            by_status: StatusCounts {
+                online: 1,
+                degraded: 2,
+                error: 0,
+                disconnected: 0,
+                offline: 3,
+            },
+            by_service: vec![("b".into(), 4), ("a".into(), 2)],
+            by_version: vec![],
+            by_remote_config: RemoteConfigCounts {
+                applied: 1,
+                failed: 2,
+                none: 3,
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            stats_json(&stats),
+            json!({
+                "total": 6,
+                "by_status": {"online": 1, "degraded": 2, "error": 0, "disconnected": 0, "offline": 3},
+                "by_service": {"a": 2, "b": 4},
+                "by_version": {},
+                "by_remote_config": {"applied": 1, "applying": 0, "failed": 2, "pending": 0, "none": 3},
+            })
+        );
+    }
 }

@@ -13,10 +13,13 @@ use async_trait::async_trait;
 use opamp_core::{AgentRecord, ServerConfig};
 use opamp_proto::InstanceUid;
 use opamp_store::embedded::EmbeddedStore;
-use opamp_store::{AgentStore, Precondition, StoreError, Version, Versioned};
+use opamp_store::{
+    AgentFilter, AgentStats, AgentStore, Precondition, StoreError, Version, Versioned,
+};
+use opampd::clock::system_clock;
 use opampd::configs::Configs;
 use opampd::error::RequestError;
-use opampd::service::{OpampService, system_clock};
+use opampd::service::OpampService;
 
 use crate::common::{full, poll, uid};
 
@@ -53,10 +56,15 @@ impl AgentStore for Racing {
 
     async fn list(
         &self,
+        filter: &AgentFilter,
         after: Option<InstanceUid>,
         limit: usize,
     ) -> Result<Vec<AgentRecord>, StoreError> {
-        self.inner.list(after, limit).await
+        self.inner.list(filter, after, limit).await
+    }
+
+    async fn stats(&self, filter: &AgentFilter) -> Result<AgentStats, StoreError> {
+        self.inner.stats(filter).await
     }
 }
 

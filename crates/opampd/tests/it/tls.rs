@@ -14,11 +14,6 @@ use opamp_proto::v1::{AgentToServer, ServerToAgent};
 use opamp_proto::{Message as _, framing};
 use opampd::config::{Config, TlsFiles};
 use opampd::tls::{ReloadTrigger, ServerTls};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -26,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::common::pki::{Ca, Leaf};
 use crate::common::*;
 
 /// Bound on every network step of these tests.
@@ -35,58 +31,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_opampd");
 
 async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(STEP, f).await.unwrap_or_else(|_| panic!("{what} in time"))
-}
-
-/// A certificate authority made for one test.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-    der: CertificateDer<'static>,
-}
-
-/// A certificate and its key, as PEM, and the certificate's DER to compare with what a peer
-/// presented.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        Self { pem: cert.pem(), der: cert.der().clone(), issuer: Issuer::new(params, key) }
-    }
-
-    /// A server certificate for 127.0.0.1 (and localhost).
-    fn server(&self, name: &str) -> Leaf {
-        self.leaf(name, &["127.0.0.1", "localhost"], ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    fn client(&self, name: &str) -> Leaf {
-        self.leaf(name, &[], ExtendedKeyUsagePurpose::ClientAuth)
-    }
-
-    fn leaf(&self, name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        roots
-    }
 }
 
 /// The server's files in a temporary directory, with the CA that signed them.

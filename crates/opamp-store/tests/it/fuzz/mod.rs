@@ -4,6 +4,7 @@
 //! `OPAMPD_FUZZ_SECS`; the oracles are the submodules, shared with the `cargo fuzz` targets.
 
 pub mod codec;
+pub mod config_json;
 pub mod es_document;
 
 use std::sync::Arc;
@@ -221,8 +222,101 @@ fn fuzz_es_document() {
     assert!(stats.accepted > 0);
 }
 
+fn config_json_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use opamp_core::remote_config::{ConfigFile, RemoteConfig, RolloutPolicy, SlotClaim};
+    use opamp_store::configs::{StoredConfig, to_json};
+    let files = |body: &str| {
+        [(
+            "collector.yaml".to_owned(),
+            ConfigFile { body: body.into(), content_type: "text/yaml".into() },
+        )]
+        .into()
+    };
+    let plain = RemoteConfig::new(
+        "base".into(),
+        Default::default(),
+        files("a: 1"),
+        RolloutPolicy::default(),
+    )
+    .expect("valid");
+    let paced = RemoteConfig::new(
+        "paced".into(),
+        [("service.name".to_owned(), "otelcol".to_owned())].into(),
+        files("b: ü"),
+        RolloutPolicy { max_agents_per_minute: Some(60), pause_on_failures: Some(3) },
+    )
+    .expect("valid");
+    let mut with_state = StoredConfig::new(Arc::new(paced), 1_787_306_400_000);
+    with_state.rollout.paused = true;
+    with_state.rollout.failures = 3;
+    with_state.rollout.claims = vec![SlotClaim { at: 1_787_306_400_001, count: 5 }];
+    let plain_json = to_json(&StoredConfig::new(Arc::new(plain), 0));
+    let mut tampered = plain_json.clone();
+    tampered["files"]["collector.yaml"]["body"] = json!("a: 2");
+    let mut other_state = plain_json.clone();
+    other_state["state"]["hash"] = json!("00".repeat(32));
+    let docs: Vec<(&'static str, Value)> = vec![
+        ("plain", plain_json.clone()),
+        ("paused-with-claims", to_json(&with_state)),
+        ("tampered-body", tampered),
+        ("state-of-another-hash", other_state),
+        ("schema-2", {
+            let mut v = plain_json;
+            v["schema_version"] = json!(2);
+            v
+        }),
+        ("not-an-object", json!(["base"])),
+    ];
+    docs.into_iter().map(|(name, doc)| (name, serde_json::to_vec(&doc).unwrap())).collect()
+}
+
+const CONFIG_WORDS: &[&[u8]] = &[
+    b"\"schema_version\":1",
+    b"\"selector\":{",
+    b"\"files\":{",
+    b"\"body\":",
+    b"\"content_type\":",
+    b"\"rollout\":{\"max_agents_per_minute\":",
+    b"\"pause_on_failures\":",
+    b"\"state\":{\"hash\":",
+    b"\"claims\":[{\"at\":",
+    b"\"paused\":true",
+    b"null",
+    b"\\u0000",
+];
+
+#[test]
+fn fuzz_config_json() {
+    let seeds = config_json_seeds().into_iter().map(|(_, bytes)| bytes);
+    let stats = Fuzz::new("config_json").seeds(seeds).dictionary(CONFIG_WORDS).run(
+        config_json::check,
+        |u| {
+            let seeds = config_json_seeds();
+            let (_, seed) = u.choose(&seeds)?;
+            let mut value: Value = serde_json::from_slice(seed).expect("seeds are JSON");
+            // replace one field, at any depth the shape has, by any JSON scalar
+            let field = *u.choose(&[
+                "name",
+                "selector",
+                "files",
+                "rollout",
+                "hash",
+                "updated_at",
+                "state",
+                "schema_version",
+            ])?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert(field.into(), json_scalar(u)?);
+            }
+            Ok(Some(serde_json::to_vec(&value).expect("a Value serializes")))
+        },
+    );
+    assert!(stats.accepted > 0);
+}
+
 #[test]
 fn fuzz_corpus_holds_the_store_seeds() {
     sync_seeds("codec", &codec_seeds());
     sync_seeds("es_document", &es_document_seeds());
+    sync_seeds("config_json", &config_json_seeds());
 }

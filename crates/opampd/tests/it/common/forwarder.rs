@@ -39,13 +39,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// Starts forwarding 127.0.0.1:<free port> to `upstream` (an `http://host:port` URL).
     pub async fn start(upstream: &Url) -> Self {
-        let host = upstream.host_str().expect("upstream host").to_owned();
-        let port = upstream.port_or_known_default().expect("upstream port");
-        let upstream = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .expect("resolve upstream")
-            .next()
-            .expect("an upstream address");
+        let upstream = resolve(upstream).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind forwarder");
         let addr = listener.local_addr().unwrap();
         let (mode, modes) = watch::channel(Mode::Forward);
@@ -69,6 +63,17 @@ impl Drop for Forwarder {
         // dropping the task drops its JoinSet, which aborts every connection
         self.task.abort();
     }
+}
+
+/// The socket address of `upstream` (an `http://host:port` URL).
+pub async fn resolve(upstream: &Url) -> SocketAddr {
+    let host = upstream.host_str().expect("upstream host").to_owned();
+    let port = upstream.port_or_known_default().expect("upstream port");
+    tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .expect("resolve upstream")
+        .next()
+        .expect("an upstream address")
 }
 
 async fn run(

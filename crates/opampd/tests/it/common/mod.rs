@@ -3,6 +3,8 @@
 
 pub mod es;
 pub mod forwarder;
+pub mod pki;
+pub mod tls_forwarder;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! bodies around the limit) and mutations, for `OPAMPD_FUZZ_SECS`. The oracle is `gunzip.rs`,
 //! shared with the `cargo fuzz` target.
 
+pub mod config_body;
 pub mod gunzip;
 
 use std::io::Write;
@@ -104,4 +105,75 @@ fn fuzz_gunzip() {
 #[test]
 fn fuzz_corpus_holds_the_gunzip_seeds() {
     sync_seeds("gunzip", &seeds());
+}
+
+fn config_body_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let docs: Vec<(&'static str, &str)> = vec![
+        ("minimal", r#"{"files": {}}"#),
+        (
+            "full",
+            r#"{"selector": {"service.name": "otelcol", "os.type": "linux"},
+               "files": {"collector.yaml": {"body": "receivers: {otlp: {}}", "content_type": "text/yaml"},
+                         "extra.json": {"body": "{\"a\": \"\\u0000ü\"}"}},
+               "rollout": {"max_agents_per_minute": 100, "pause_on_failures": 5}}"#,
+        ),
+        ("unknown-field", r#"{"files": {}, "selectors": {}}"#),
+        ("zero-rate", r#"{"files": {}, "rollout": {"max_agents_per_minute": 0}}"#),
+        ("negative", r#"{"files": {}, "rollout": {"pause_on_failures": -1}}"#),
+        ("body-not-text", r#"{"files": {"a": {"body": [1]}}}"#),
+        ("empty-file-name", r#"{"files": {"": {"body": "x"}}}"#),
+        ("duplicate-keys", r#"{"files": {"a": {"body": "1"}, "a": {"body": "2"}}}"#),
+        ("not-json", "files: {}"),
+    ];
+    docs.into_iter().map(|(name, doc)| (name, doc.as_bytes().to_vec())).collect()
+}
+
+#[test]
+fn fuzz_config_body() {
+    let seeds = config_body_seeds().into_iter().map(|(_, bytes)| bytes);
+    let dictionary: &[&[u8]] = &[
+        b"\"selector\":{",
+        b"\"files\":{",
+        b"\"body\":\"",
+        b"\"content_type\":\"",
+        b"\"rollout\":{\"max_agents_per_minute\":",
+        b"\"pause_on_failures\":",
+        b"4294967296",
+        b"null",
+    ];
+    let stats =
+        Fuzz::new("config_body").seeds(seeds).dictionary(dictionary).run(config_body::check, |u| {
+            let label = |u: &mut Unstructured<'_>| -> Result<String> {
+                let n = u.int_in_range(0..=300usize)?;
+                Ok(if u.ratio(1, 8)? { "k".repeat(n) } else { fuzz_support::arb::string(u)? })
+            };
+            let mut selector = serde_json::Map::new();
+            for _ in 0..u.int_in_range(0..=40usize)? {
+                selector.insert(label(u)?, serde_json::json!(label(u)?));
+            }
+            let mut files = serde_json::Map::new();
+            for _ in 0..u.int_in_range(0..=70usize)? {
+                let size = *u.choose(&[0usize, 1, 1000, 300 * 1024])?;
+                let body =
+                    if size > 1000 { "x".repeat(size) } else { fuzz_support::arb::string(u)? };
+                files.insert(
+                    label(u)?,
+                    serde_json::json!({"body": body, "content_type": label(u)?}),
+                );
+            }
+            let mut doc = serde_json::json!({"selector": selector, "files": files});
+            if u.arbitrary()? {
+                doc["rollout"] = serde_json::json!({
+                    "max_agents_per_minute": u.int_in_range(0..=3u32)?,
+                    "pause_on_failures": u.arbitrary::<Option<u32>>()?,
+                });
+            }
+            Ok(Some(serde_json::to_vec(&doc).expect("a Value serializes")))
+        });
+    assert!(stats.accepted > 0);
+}
+
+#[test]
+fn fuzz_corpus_holds_the_config_body_seeds() {
+    sync_seeds("config_body", &config_body_seeds());
 }
