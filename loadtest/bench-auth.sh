@@ -12,7 +12,7 @@
 # not running), jq, curl. Everything it creates (service token, API key, enrollment document,
 # the agents it wrote to the node's `.fleet-agents`) is deleted on exit.
 set -euo pipefail
-# shellcheck source=bench-lib.sh
+# shellcheck source-path=SCRIPTDIR source=bench-lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 BENCH_AUTH_ROUNDS=${BENCH_AUTH_ROUNDS:-1}

@@ -7,7 +7,7 @@
 #   loadtest/bench-embedded.sh                 # full run (~8 min)
 #   BENCH_SHORT=1 loadtest/bench-embedded.sh   # quick run (~2 min)
 set -euo pipefail
-# shellcheck source=bench-lib.sh
+# shellcheck source-path=SCRIPTDIR source=bench-lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 DATA_DIR=$(mktemp -d /tmp/opampd-bench-data.XXXXXX)

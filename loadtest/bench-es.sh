@@ -17,7 +17,7 @@
 #   BENCH_SHORT=1 loadtest/bench-es.sh   # quick run (~3 min)
 #   ES=http://127.0.0.1:9250 BENCH_OUT=/tmp/x loadtest/bench-es.sh
 set -euo pipefail
-# shellcheck source=bench-lib.sh
+# shellcheck source-path=SCRIPTDIR source=bench-lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 ES=${ES:-http://127.0.0.1:9250}

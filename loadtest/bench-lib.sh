@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Shared functions of bench-es.sh and bench-embedded.sh (sourced, not run). Everything here is
-# loopback-only and time-bounded; the only process it stops is the opampd it started itself.
+# Shared functions of the loadtest scripts (sourced, not run): the benchmarks (bench-*.sh) and
+# the fault tests (chaos.sh, overload.sh). Everything here is loopback-only and time-bounded; the
+# only processes it stops are those the sourcing script started itself (its opampd, its own
+# Elasticsearch node, its watchdog).
+# shellcheck disable=SC2034 # some of its variables are read by the scripts that source it only
 
 # Tunables (env): BENCH_PORT, BENCH_ADMIN_PORT, BENCH_OUT, BENCH_SHORT=1 (quick run),
 # BENCH_RATES, BENCH_STEP_SECS, BENCH_SWEEP_CYCLE, BENCH_AGENTS, BENCH_HEARTBEAT,
@@ -50,11 +53,12 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 # measures the CPU the generator and opampd take from ES, not what opampd gets out of ES. With
 # BENCH_PIN=1 (the default with >= 2 CPUs) ES runs on CPU 0 only, for the ceilings and the opampd
 # runs alike, and everything this script starts runs on the other CPUs, as on separate machines.
-# BENCH_PIN=0 shares every CPU. ES's own affinity is restored on exit.
+# BENCH_PIN=0 shares every CPU. ES's own affinity is restored on exit. pin_setup ES_URL [WHO]: WHO
+# names what runs on the other CPUs (for the log line).
 PIN=()
 ES_PIN_PID=
 pin_setup() {
-  local es_url=$1 ncpu port
+  local es_url=$1 who=${2:-opampd, load generator and ceiling client} ncpu port
   ncpu=$(nproc)
   BENCH_PIN=${BENCH_PIN:-$([ "$ncpu" -ge 2 ] && echo 1 || echo 0)}
   [ "$BENCH_PIN" = 1 ] || { log "cpu pinning off: everything shares $ncpu cpus"; return 0; }
@@ -65,7 +69,7 @@ pin_setup() {
   [ -n "$ES_PIN_PID" ] || { log "BENCH_PIN=1: no process listens on port $port (run as root, or BENCH_PIN=0)"; exit 2; }
   taskset -a -p -c 0 "$ES_PIN_PID" >/dev/null
   PIN=(taskset -c "1-$((ncpu - 1))")
-  log "cpu pinning: elasticsearch (pid $ES_PIN_PID) on cpu 0; opampd, load generator and ceiling client on cpus 1-$((ncpu - 1))"
+  log "cpu pinning: elasticsearch (pid $ES_PIN_PID) on cpu 0; $who on cpus 1-$((ncpu - 1))"
 }
 pin_restore() {
   [ -n "$ES_PIN_PID" ] || return 0
@@ -116,20 +120,36 @@ start_opampd() {
   log "opampd not ready after 90 s"; tail -n 30 "$BENCH_OUT/opampd.log" >&2; exit 1
 }
 
-# Stops only the opampd this script started: SIGTERM, up to 40 s of grace, then SIGKILL.
+# stop_pid PID [GRACE_S]: stops one process this script started: SIGCONT (it may be paused),
+# SIGTERM, up to GRACE_S (30) s to exit, then SIGKILL; reaps it. Nothing when PID is empty.
+stop_pid() {
+  local pid=$1 grace=${2:-30}
+  [ -n "$pid" ] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -CONT "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $((grace * 2))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# Stops only the opampd this script started (start_opampd), with 40 s of grace.
 stop_opampd() {
   [ -n "$OPAMPD_PID" ] || return 0
-  if kill -0 "$OPAMPD_PID" 2>/dev/null; then
-    log "stopping opampd (pid $OPAMPD_PID)"
-    kill -TERM "$OPAMPD_PID" 2>/dev/null || true
-    for _ in $(seq 1 80); do kill -0 "$OPAMPD_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$OPAMPD_PID" 2>/dev/null || true
-  fi
-  wait "$OPAMPD_PID" 2>/dev/null || true
+  if kill -0 "$OPAMPD_PID" 2>/dev/null; then log "stopping opampd (pid $OPAMPD_PID)"; fi
+  stop_pid "$OPAMPD_PID" 40
   OPAMPD_PID=
 }
 
-opampd_metrics() { curl -fsS --max-time 5 "$ADMIN_URL/metrics" >"$BENCH_OUT/metrics-$1.txt" 2>/dev/null || true; }
+# opampd_metrics NAME [ADMIN_URL]: a /metrics snapshot of the started opampd (or of the admin
+# listener given) into $BENCH_OUT/metrics-NAME.txt; an unreachable one leaves it empty.
+opampd_metrics() {
+  curl -fsS --max-time 5 "${2:-$ADMIN_URL}/metrics" >"$BENCH_OUT/metrics-$1.txt" 2>/dev/null || true
+}
+
+# show_summary FILE: the summary block of a loadtest's stdout, on stderr.
+show_summary() { sed -n '/== opampd-loadtest summary ==/,/^PASS\|^FAIL/p' "$1" >&2; }
 
 # loadtest NAME ARGS...: one bounded loadtest run; its JSON summary goes to $BENCH_OUT/NAME.json.
 loadtest() {
@@ -140,7 +160,7 @@ loadtest() {
   timeout --signal=KILL 1800 "${PIN[@]}" "$BIN/opampd-loadtest" --target "$TARGET_URL" --json-out "$out" \
     --connections "$BENCH_CONNECTIONS" --max-in-flight "$BENCH_IN_FLIGHT" --drift-rate "$BENCH_DRIFT" \
     "$@" >"$BENCH_OUT/$name.txt" 2>"$BENCH_OUT/$name.progress" || true
-  sed -n '/== opampd-loadtest summary ==/,/^PASS\|^FAIL/p' "$BENCH_OUT/$name.txt" >&2
+  show_summary "$BENCH_OUT/$name.txt"
   [ -s "$out" ] || { log "loadtest $name produced no summary"; tail -n 5 "$BENCH_OUT/$name.progress" >&2; return 1; }
 }
 
@@ -195,4 +215,93 @@ messages_in() {
     if [ -s "$f" ]; then total=$((total + $(jq '.sent // 0' "$f"))); fi
   done
   echo "$total"
+}
+
+
+# ---- Fault tests (chaos.sh, overload.sh): their own Elasticsearch node, a watchdog, cleanup ----
+
+# Wall-clock milliseconds (phase marks, rate schedules, memory samples).
+now_ms() { date +%s%3N; }
+
+# secs_until_ms MS: the seconds (3 decimals) from now to the wall-clock millisecond MS, 0 if past;
+# for `sleep`.
+secs_until_ms() {
+  awk -v m="$(($1 - $(now_ms)))" 'BEGIN { if (m < 0) m = 0; printf "%.3f", m / 1000 }'
+}
+
+# require_tools TOOL...: exits 2 naming the first one missing (each is a Debian package's name).
+require_tools() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { log "$tool is needed (apt-get install -y $tool)"; exit 2; }
+  done
+}
+
+# interruptible_sleep SECS: sleeps in a child and waits for it, so a SIGTERM to the (sub)shell
+# ends the sleep too instead of leaving it behind, and exits 0. Only for background subshells:
+# it replaces their TERM trap.
+interruptible_sleep() {
+  local sleeper
+  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+  sleep "$1" &
+  sleeper=$!
+  wait "$sleeper"
+}
+
+# start_watchdog SECS NAME: bounds the whole run. After SECS it sends SIGTERM to this script
+# (whose `trap 'exit 130' TERM` then runs the EXIT trap's cleanup), whatever hangs. stop_watchdog
+# belongs in that cleanup. ($$ is this script's pid in the subshell too.)
+WATCHDOG_PID=
+start_watchdog() {
+  local secs=$1 name=$2
+  (
+    interruptible_sleep "$secs"
+    echo "[$name] watchdog: $secs s are up, stopping" >&2
+    kill -TERM $$
+  ) &
+  WATCHDOG_PID=$!
+}
+stop_watchdog() {
+  if [ -n "$WATCHDOG_PID" ]; then kill "$WATCHDOG_PID" 2>/dev/null || true; fi
+  WATCHDOG_PID=
+}
+
+# A fault test stops (or restarts) Elasticsearch, so it runs a plain node of its own
+# (scripts/elasticsearch.sh with OPAMPD_ES_PORT: HTTP on that port, transport on port + 100, data
+# in its own run dir), never one of the shared test nodes (9250 plain, 9260 secured) that other
+# tests on this machine use.
+OWN_ES_PORT=
+OWN_ES_STARTED=0
+
+# own_es_init PORT VAR: the own node's port (VAR: the setting that chose it, for the refusal of a
+# shared node's port, exit 64); sets ES to its URL. Call it before the EXIT trap is set.
+own_es_init() {
+  OWN_ES_PORT=$1
+  case "$OWN_ES_PORT" in
+    9250 | 9260) log "$2 $OWN_ES_PORT is a shared test node; this script stops its node: use a port of its own"; exit 64 ;;
+  esac
+  ES=http://127.0.0.1:$OWN_ES_PORT
+}
+
+# es_script CMD: scripts/elasticsearch.sh CMD (start, stop, resume) on the own node.
+es_script() { OPAMPD_ES_SECURE=0 OPAMPD_ES_PORT=$OWN_ES_PORT "$ROOT/scripts/elasticsearch.sh" "$@"; }
+
+# own_es_start: starts the own node on fresh data and waits until it is healthy.
+own_es_start() {
+  log "elasticsearch on $ES (a node of its own: this script stops it)"
+  es_script start >/dev/null
+  OWN_ES_STARTED=1
+}
+
+# own_es_cleanup KEEP INDEX: for the EXIT trap. Stops the own node when this script started it
+# and KEEP is not 1; otherwise, if a node answers there, deletes the script's INDEX from it.
+own_es_cleanup() {
+  local keep=$1 index=$2
+  if [ "$OWN_ES_STARTED" = 1 ] && [ "$keep" != 1 ]; then
+    log "stopping the elasticsearch node on $OWN_ES_PORT"
+    es_script stop || true
+    OWN_ES_STARTED=0
+  elif curl -fsS --max-time 5 "$ES/_cluster/health" >/dev/null 2>&1; then
+    curl -fsS --max-time 30 -X DELETE "$ES/$index" >/dev/null 2>&1 || true
+  fi
 }

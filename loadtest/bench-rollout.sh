@@ -19,7 +19,7 @@
 #
 # Needs the plain test node (`scripts/elasticsearch.sh start`), jq, curl. Deletes its indices.
 set -euo pipefail
-# shellcheck source=bench-lib.sh
+# shellcheck source-path=SCRIPTDIR source=bench-lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 ES=${ES:-http://127.0.0.1:9250}

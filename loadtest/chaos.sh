@@ -31,7 +31,7 @@
 # BENCH_OUT, BENCH_FROM_HEAD, CARGO_TARGET_DIR (see bench-lib.sh).
 set -euo pipefail
 BENCH_OUT=${BENCH_OUT:-/tmp/opampd-chaos-$(date +%Y%m%d%H%M%S)}
-# shellcheck source=bench-lib.sh
+# shellcheck source-path=SCRIPTDIR source=bench-lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 CHAOS_ES_PORT=${CHAOS_ES_PORT:-9280}
@@ -48,76 +48,39 @@ CHAOS_PAUSE=${CHAOS_PAUSE:-10}
 CHAOS_MAX_SECS=${CHAOS_MAX_SECS:-1500}
 CHAOS_CONNECTIONS=${CHAOS_CONNECTIONS:-1000}
 CHAOS_IN_FLIGHT=${CHAOS_IN_FLIGHT:-1000}
-case "$CHAOS_ES_PORT" in
-  9250 | 9260) log "CHAOS_ES_PORT $CHAOS_ES_PORT is a shared test node; this script stops its node"; exit 64 ;;
-esac
-ES=http://127.0.0.1:$CHAOS_ES_PORT
+own_es_init "$CHAOS_ES_PORT" CHAOS_ES_PORT
 LB_URL=http://127.0.0.1:$CHAOS_LB_PORT/v1/opamp
 INDEX=opampd-chaos-$TS
 MARKS=$BENCH_OUT/marks.txt
-es_script() { OPAMPD_ES_SECURE=0 OPAMPD_ES_PORT=$CHAOS_ES_PORT "$ROOT/scripts/elasticsearch.sh" "$@"; }
-
-for tool in haproxy jq curl; do
-  command -v "$tool" >/dev/null || { log "$tool is needed (apt-get install -y $tool)"; exit 2; }
-done
+require_tools haproxy jq curl
 
 PIDS=("" "" "" "")   # opampd pid per instance (1-3)
 FIRST_PIDS=("" "" "" "")
 HAPROXY_PID=
 LOADTEST_PID=
-WATCHDOG_PID=
-ES_STARTED=0
 opamp_port() { echo $((CHAOS_LB_PORT + $1)); }
 admin_port() { echo $((CHAOS_LB_PORT + 10 + $1)); }
 admin_url() { echo "http://127.0.0.1:$(admin_port "$1")"; }
 
-stop_pid() { # stop_pid PID: SIGCONT (it may be paused), SIGTERM, 30 s, SIGKILL
-  local pid=$1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -CONT "$pid" 2>/dev/null || true
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
   local i
-  if [ -n "$WATCHDOG_PID" ]; then kill "$WATCHDOG_PID" 2>/dev/null || true; fi
+  stop_watchdog
   if [ -n "$LOADTEST_PID" ] && kill -0 "$LOADTEST_PID" 2>/dev/null; then
     kill -TERM "$LOADTEST_PID" 2>/dev/null || true
     wait "$LOADTEST_PID" 2>/dev/null || true
   fi
   for i in 1 2 3; do stop_pid "${PIDS[$i]}"; done
   stop_pid "$HAPROXY_PID"
-  if [ "$ES_STARTED" = 1 ] && [ "${CHAOS_KEEP_ES:-0}" != 1 ]; then
-    log "stopping the elasticsearch node on $CHAOS_ES_PORT"
-    es_script stop || true
-  elif curl -fsS --max-time 5 "$ES/_cluster/health" >/dev/null 2>&1; then
-    curl -fsS --max-time 30 -X DELETE "$ES/$INDEX" >/dev/null 2>&1 || true
-  fi
+  own_es_cleanup "${CHAOS_KEEP_ES:-0}" "$INDEX"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$BENCH_OUT"
 : >"$MARKS"
-# The whole run is bounded: the watchdog ends it (and the EXIT trap cleans up) whatever hangs.
-# ($$ is this script's pid in the subshell too; the subshell takes its sleep down when stopped.)
-(
-  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-  sleep "$CHAOS_MAX_SECS" & sleeper=$!
-  wait "$sleeper"
-  echo "[chaos] watchdog: $CHAOS_MAX_SECS s are up, stopping" >&2
-  kill -TERM $$
-) &
-WATCHDOG_PID=$!
-
+start_watchdog "$CHAOS_MAX_SECS" chaos
 build
-
-log "elasticsearch on $ES (its own node: this script stops and restarts it)"
-es_script start >/dev/null
-ES_STARTED=1
+own_es_start
 
 # start_instance I: opampd I on its ports, on the shared index; returns once it is ready (<= 90 s).
 start_instance() {
@@ -207,7 +170,6 @@ for _ in $(seq 1 40); do
 done
 sleep 3 # the first health checks
 
-now_ms() { date +%s%3N; }
 mark() { # mark KIND NAME
   echo "$(now_ms) $1 $2" >>"$MARKS"
   log "phase $2 ($1)"
@@ -215,8 +177,7 @@ mark() { # mark KIND NAME
 T0=
 # at_offset SECS: sleeps until SECS after the loadtest started (at once if already past).
 at_offset() {
-  local wait_ms=$((T0 + $1 * 1000 - $(now_ms)))
-  [ "$wait_ms" -gt 0 ] && sleep "$(awk -v m="$wait_ms" 'BEGIN { printf "%.3f", m / 1000 }')"
+  sleep "$(secs_until_ms $((T0 + $1 * 1000)))"
   loadtest_alive
 }
 loadtest_alive() {
@@ -288,7 +249,7 @@ log "all faults done at ${LAST_FAULT_END}s; the loadtest runs to ${CHAOS_DURATIO
 
 wait "$LOADTEST_PID" && LT_RC=0 || LT_RC=$?
 LOADTEST_PID=
-sed -n '/== opampd-loadtest summary ==/,/^PASS\|^FAIL/p' "$BENCH_OUT/loadtest.txt" >&2
+show_summary "$BENCH_OUT/loadtest.txt"
 
 # every instance serving again, 2 and 3 without a restart of their own
 INSTANCES=()
@@ -303,7 +264,7 @@ for i in 1 2 3; do
     '{instance: $i, pid: $pid, alive: $alive, restarted_by_the_test: ($same | not), ready: $ready,
       ok_replies_after_last_fault: $served}')")
 done
-curl -fsS --max-time 5 "$(admin_url 1)/metrics" >"$BENCH_OUT/metrics-1.txt" 2>/dev/null || true
+opampd_metrics 1 "$(admin_url 1)"
 
 LT=$BENCH_OUT/loadtest.json
 [ -s "$LT" ] || { log "the loadtest wrote no summary (exit $LT_RC):"; tail -n 20 "$BENCH_OUT/loadtest.progress" >&2; exit 1; }
