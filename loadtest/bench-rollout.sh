@@ -16,6 +16,8 @@
 #   loadtest/bench-rollout.sh                  # 100K agents, 30 s heartbeat, ~7 min
 #   BENCH_SHORT=1 loadtest/bench-rollout.sh    # 20K agents, 6 s heartbeat, ~2 min
 #   ES=http://127.0.0.1:9250 BENCH_OUT=/tmp/x loadtest/bench-rollout.sh
+#   ROLLOUT_CONTROL=1 loadtest/bench-rollout.sh  # the same run and phases, no config pushed: what
+#                                                # the phases cost without remote config (control)
 #
 # Needs the plain test node (`scripts/elasticsearch.sh start`), jq, curl. Deletes its indices.
 set -euo pipefail
@@ -85,11 +87,12 @@ T0_MS=$(date +%s%3N)
 ) &
 MARKER_PID=$!
 cpu0=$(opampd_cpu_s)
+PUSH=(--push-config-at "$ROLLOUT_PUSH_AT" --admin-url "$ADMIN_URL")
+if [ "${ROLLOUT_CONTROL:-0}" = 1 ]; then PUSH=(); fi
 loadtest rollout --agents "$BENCH_AGENTS" --heartbeat "$BENCH_HEARTBEAT" --duration "$DURATION" \
   --warmup "$BENCH_HEARTBEAT" --progress 10 --phase-marks "$MARKS" \
   --remote-config-agents 1 --remote-config-fail-rate "$ROLLOUT_FAIL_RATE" \
-  --push-config-at "$ROLLOUT_PUSH_AT" --admin-url "$ADMIN_URL" --verify-admin "$ADMIN_URL" \
-  --verify-settle 5
+  "${PUSH[@]}" --verify-admin "$ADMIN_URL" --verify-settle 5
 cpu1=$(opampd_cpu_s)
 opampd_metrics end
 wait "$MARKER_PID" 2>/dev/null || true
