@@ -3,15 +3,14 @@
 // Usage: node node-client.js <endpoint> <sends> <service.name>
 'use strict';
 
-const {channel} = require('node:diagnostics_channel');
 const {createOpAMPClient, AgentCapabilities} = require('@elastic/opamp-client-node');
+const {runUntil} = require('./harness.js');
 
 const [endpoint, sendsArg, serviceName] = process.argv.slice(2);
 const wanted = Number(sendsArg || 5);
 const REPORT_FULL_STATE = 1n;
 
 const sends = [];
-const failures = [];
 
 const client = createOpAMPClient({
     endpoint,
@@ -26,8 +25,8 @@ client.setAgentDescription({
     nonIdentifyingAttributes: {'os.type': 'linux'},
 });
 
-const done = new Promise((resolve) => {
-    channel('opamp-client.send.success').subscribe(({a2s, s2a}) => {
+runUntil(client, {
+    onSuccess: (a2s, s2a) => {
         sends.push({
             seq: Number(a2s.sequenceNum),
             full: Boolean(a2s.agentDescription),
@@ -36,26 +35,7 @@ const done = new Promise((resolve) => {
             echoedUid: Buffer.from(s2a.instanceUid).equals(Buffer.from(a2s.instanceUid)),
             error: s2a.errorResponse ? s2a.errorResponse.errorMessage : null,
         });
-        if (sends.length >= wanted) resolve();
-    });
-    channel('opamp-client.send.fail').subscribe(({err}) => {
-        failures.push(String(err && err.message ? err.message : err));
-        if (failures.length >= 3) resolve();
-    });
+        return sends.length >= wanted;
+    },
+    extra: () => ({sends}),
 });
-
-const timeout = setTimeout(() => {
-    failures.push('timed out');
-    finish();
-}, 30000);
-
-async function finish() {
-    clearTimeout(timeout);
-    await client.shutdown().catch(() => {});
-    const uid = Buffer.from(client.getInstanceUid()).toString('hex');
-    process.stdout.write(JSON.stringify({instanceUid: uid, sends, failures}) + '\n');
-    process.exit(failures.length ? 1 : 0);
-}
-
-client.start();
-done.then(finish);

@@ -5,12 +5,12 @@
 // Usage: node node-remote-config.js <endpoint> <after> <service.name>
 'use strict';
 
-const {channel} = require('node:diagnostics_channel');
 const {
     createOpAMPClient,
     AgentCapabilities,
     RemoteConfigStatuses,
 } = require('@elastic/opamp-client-node');
+const {runUntil} = require('./harness.js');
 
 const [endpoint, afterArg, serviceName] = process.argv.slice(2);
 const after = Number(afterArg || 4);
@@ -18,7 +18,6 @@ const REPORT_FULL_STATE = 1n;
 
 const received = [];
 const sends = [];
-const failures = [];
 let sendsAfterReceipt = 0;
 
 const hex = (bytes) => Buffer.from(bytes).toString('hex');
@@ -51,8 +50,8 @@ client.setAgentDescription({
     nonIdentifyingAttributes: {'os.type': 'linux'},
 });
 
-const done = new Promise((resolve) => {
-    channel('opamp-client.send.success').subscribe(({a2s, s2a}) => {
+runUntil(client, {
+    onSuccess: (a2s, s2a) => {
         const status = a2s.remoteConfigStatus;
         sends.push({
             seq: Number(a2s.sequenceNum),
@@ -63,26 +62,7 @@ const done = new Promise((resolve) => {
             reportedStatus: status ? Number(status.status) : null,
             error: s2a.errorResponse ? s2a.errorResponse.errorMessage : null,
         });
-        if (received.length > 0 && ++sendsAfterReceipt >= after) resolve();
-    });
-    channel('opamp-client.send.fail').subscribe(({err}) => {
-        failures.push(String(err && err.message ? err.message : err));
-        if (failures.length >= 3) resolve();
-    });
+        return received.length > 0 && ++sendsAfterReceipt >= after;
+    },
+    extra: () => ({received, sends}),
 });
-
-const timeout = setTimeout(() => {
-    failures.push('timed out');
-    finish();
-}, 30000);
-
-async function finish() {
-    clearTimeout(timeout);
-    await client.shutdown().catch(() => {});
-    const uid = hex(client.getInstanceUid());
-    process.stdout.write(JSON.stringify({instanceUid: uid, received, sends, failures}) + '\n');
-    process.exit(failures.length ? 1 : 0);
-}
-
-client.start();
-done.then(finish);

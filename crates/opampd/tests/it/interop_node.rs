@@ -30,18 +30,13 @@ fn interop_dir() -> Option<PathBuf> {
     None
 }
 
-#[tokio::test]
-async fn node_client_heartbeats_are_stored_and_full_state_is_asked_once() {
-    let Some(dir) = interop_dir() else { return };
-    let data = tempfile::tempdir().unwrap();
-    let server = TestServer::start(data.path()).await;
-
+/// Runs `script` (in `dir`) with `args` to its end (at most 60 s) and returns its one JSON line,
+/// asserting it exited successfully.
+async fn run_node(dir: &std::path::Path, script: &str, args: &[&str]) -> Value {
     let child = tokio::process::Command::new("node")
-        .arg(dir.join("node-client.js"))
-        .arg(&server.opamp_url)
-        .arg(SENDS.to_string())
-        .arg("interop-svc")
-        .current_dir(&dir)
+        .arg(dir.join(script))
+        .args(args)
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -57,7 +52,30 @@ async fn node_client_heartbeats_are_stored_and_full_state_is_asked_once() {
         "node client failed: {stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_str(stdout.trim()).expect("one json line");
+    serde_json::from_str(stdout.trim()).expect("one json line")
+}
+
+/// The canonical (dashed) text of a uid the client printed as 32 hex digits.
+fn dashed(hex: &str) -> String {
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// `GET path` on the admin listener, as JSON.
+async fn admin_json(admin_url: &str, path: &str) -> Value {
+    let body =
+        client().get(format!("{admin_url}{path}")).send().await.unwrap().bytes().await.unwrap();
+    serde_json::from_slice(&body).expect("admin json")
+}
+
+#[tokio::test]
+async fn node_client_heartbeats_are_stored_and_full_state_is_asked_once() {
+    let Some(dir) = interop_dir() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+
+    let sends = SENDS.to_string();
+    let report =
+        run_node(&dir, "node-client.js", &[&server.opamp_url, &sends, "interop-svc"]).await;
     assert_eq!(report["failures"], serde_json::json!([]));
 
     let sends = report["sends"].as_array().expect("sends");
@@ -76,24 +94,8 @@ async fn node_client_heartbeats_are_stored_and_full_state_is_asked_once() {
     }
     assert_eq!(sends[1]["full"], true, "the client answered the flag with its full state");
 
-    let uid = report["instanceUid"].as_str().unwrap();
-    let uid = format!(
-        "{}-{}-{}-{}-{}",
-        &uid[0..8],
-        &uid[8..12],
-        &uid[12..16],
-        &uid[16..20],
-        &uid[20..32]
-    );
-    let body = client()
-        .get(format!("{}/api/agents/{uid}", server.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let agent: Value = serde_json::from_slice(&body).expect("agent json");
+    let uid = dashed(report["instanceUid"].as_str().unwrap());
+    let agent = admin_json(&server.admin_url, &format!("/api/agents/{uid}")).await;
     let last_seq = sends.last().unwrap()["seq"].as_u64().unwrap();
     // the client may have sent one more heartbeat after its last reported success
     let stored_seq = agent["sequence_num"].as_u64().unwrap();
@@ -133,28 +135,8 @@ async fn node_client_receives_its_remote_config_once_and_reports_it_applied() {
     let put: Value = serde_json::from_slice(&put.bytes().await.unwrap()).unwrap();
     let hash = put["hash"].as_str().expect("hash").to_owned();
 
-    let child = tokio::process::Command::new("node")
-        .arg(dir.join("node-remote-config.js"))
-        .arg(&server.opamp_url)
-        .arg("5")
-        .arg("interop-rc")
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node starts");
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("node client finishes within 60 s")
-        .expect("node client output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "node client failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim()).expect("one json line");
+    let report =
+        run_node(&dir, "node-remote-config.js", &[&server.opamp_url, "5", "interop-rc"]).await;
     let received = report["received"].as_array().expect("received");
     assert_eq!(received.len(), 1, "exactly one config: {received:?}");
     assert_eq!(received[0]["hash"], hash);
@@ -168,40 +150,12 @@ async fn node_client_receives_its_remote_config_once_and_reports_it_applied() {
         "the client reported APPLIED for the hash: {sends:?}"
     );
 
-    let uid = report["instanceUid"].as_str().unwrap();
-    let uid = format!(
-        "{}-{}-{}-{}-{}",
-        &uid[0..8],
-        &uid[8..12],
-        &uid[12..16],
-        &uid[16..20],
-        &uid[20..32]
-    );
-    let agent: Value = serde_json::from_slice(
-        &client()
-            .get(format!("{}/api/agents/{uid}", server.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let uid = dashed(report["instanceUid"].as_str().unwrap());
+    let agent = admin_json(&server.admin_url, &format!("/api/agents/{uid}")).await;
     assert_eq!(agent["remote_config"]["desired_hash"], hash);
     assert_eq!(agent["remote_config"]["reported_hash"], hash);
     assert_eq!(agent["remote_config"]["status"], "applied");
-    let config: Value = serde_json::from_slice(
-        &client()
-            .get(format!("{}/api/configs/interop", server.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let config = admin_json(&server.admin_url, "/api/configs/interop").await;
     assert_eq!(
         config["agents"],
         serde_json::json!({"matched": 1, "applied": 1, "applying": 0, "failed": 0, "pending": 0})

@@ -258,30 +258,51 @@ async fn lifecycle(opamp: &str, admin_url: &str) {
     assert_eq!(other.received.len() + deaf.received.len(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lifecycle_on_the_embedded_store() {
+/// Runs `scenario(opamp_url, admin_url)` against a server on the embedded store.
+async fn on_embedded<F: std::future::Future<Output = ()>>(
+    scenario: impl FnOnce(String, String) -> F,
+) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
-    bounded(LIMIT, lifecycle(&server.opamp_url, &server.admin_url)).await;
+    bounded(LIMIT, scenario(server.opamp_url.clone(), server.admin_url.clone())).await;
     server.stop().await.expect("clean shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lifecycle_on_elasticsearch() {
+/// Runs `scenario(opamp_url, admin_url)` against a server on a fresh Elasticsearch index
+/// (nothing when the Elasticsearch tests are skipped).
+async fn on_elasticsearch<F: std::future::Future<Output = ()>>(
+    scenario: impl FnOnce(String, String) -> F,
+) {
     let Some(index) = TestIndex::new() else { return };
     let server = EsInstance::start(index.config(&index.es)).await;
     server.wait_ready(Duration::from_secs(30)).await;
-    bounded(LIMIT, lifecycle(&server.opamp_url, &server.admin_url)).await;
+    bounded(LIMIT, scenario(server.opamp_url.clone(), server.admin_url.clone())).await;
     server.stop().await.expect("clean shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_on_one_instance_reaches_agents_of_the_other_once() {
-    let Some(index) = TestIndex::new() else { return };
+/// Two ready instances on one fresh index.
+async fn two_instances() -> Option<(TestIndex, EsInstance, EsInstance)> {
+    let index = TestIndex::new()?;
     let a = EsInstance::start(index.config(&index.es)).await;
     let b = EsInstance::start(index.config(&index.es)).await;
     a.wait_ready(Duration::from_secs(30)).await;
     b.wait_ready(Duration::from_secs(30)).await;
+    Some((index, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_on_the_embedded_store() {
+    on_embedded(|opamp, admin| async move { lifecycle(&opamp, &admin).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_on_elasticsearch() {
+    on_elasticsearch(|opamp, admin| async move { lifecycle(&opamp, &admin).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_instance_reaches_agents_of_the_other_once() {
+    let Some((_index, a, b)) = two_instances().await else { return };
     bounded(LIMIT, async {
         let mut agents: Vec<Agent> = (0..6).map(|_| Agent::new("collector", ACCEPTS)).collect();
         for agent in &mut agents {
@@ -320,11 +341,7 @@ async fn a_change_on_one_instance_reaches_agents_of_the_other_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_instances_send_a_config_to_an_agent_once() {
-    let Some(index) = TestIndex::new() else { return };
-    let a = EsInstance::start(index.config(&index.es)).await;
-    let b = EsInstance::start(index.config(&index.es)).await;
-    a.wait_ready(Duration::from_secs(30)).await;
-    b.wait_ready(Duration::from_secs(30)).await;
+    let Some((_index, a, b)) = two_instances().await else { return };
     bounded(LIMIT, async {
         let mut agent = Agent::new("collector", ACCEPTS);
         agent.check_in(&a.opamp_url).await;
@@ -441,19 +458,12 @@ async fn rollout(opamp: &str, admin_url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_pacing_and_pause_on_the_embedded_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
-    bounded(LIMIT, rollout(&server.opamp_url, &server.admin_url)).await;
-    server.stop().await.expect("clean shutdown");
+    on_embedded(|opamp, admin| async move { rollout(&opamp, &admin).await }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_pacing_and_pause_on_elasticsearch() {
-    let Some(index) = TestIndex::new() else { return };
-    let server = EsInstance::start(index.config(&index.es)).await;
-    server.wait_ready(Duration::from_secs(30)).await;
-    bounded(LIMIT, rollout(&server.opamp_url, &server.admin_url)).await;
-    server.stop().await.expect("clean shutdown");
+    on_elasticsearch(|opamp, admin| async move { rollout(&opamp, &admin).await }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
