@@ -546,12 +546,19 @@ async fn drive(page: &Session, server: &Opampd) -> anyhow::Result<()> {
         .flatten()
         .find(|c| c["name"] == "collectors")
         .context("the pushed config")?;
-    let shown = overview["configs"]
+    // the configs come from their own call, which may render after the stats
+    let with_configs = page
+        .wait_for("the config row", SHOWS_WITHIN, OVERVIEW, |v| {
+            v["configs"].as_array().is_some_and(|c| c.iter().any(|c| c["name"] == "collectors"))
+        })
+        .await
+        .with_context(|| format!("the config row, after the overview {overview}"))?;
+    let shown = with_configs["configs"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|c| c["name"] == "collectors")
-        .with_context(|| format!("the config row: {overview}"))?;
+        .with_context(|| format!("the config row: {with_configs}"))?;
     for k in ["matched", "applied", "applying", "failed", "pending"] {
         ensure!(
             shown["counts"][k] == config["agents"][k].to_string().as_str(),
