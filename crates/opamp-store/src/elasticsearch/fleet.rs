@@ -20,7 +20,9 @@ use opamp_proto::InstanceUid;
 use serde_json::{Map, Value, json};
 use tracing::info;
 
-use super::{ElasticsearchStore, Shared, document, json_body, status_error, transport_error};
+use super::{
+    ElasticsearchStore, Shared, document, json_body_unless_missing, status_error, transport_error,
+};
 use crate::StoreError;
 use crate::fleet::{
     AgentFilter, AgentStats, RemoteConfigState, STATUSES, StatusCounts, TOP_VALUES,
@@ -300,10 +302,9 @@ impl Shared {
             .send()
             .await
             .map_err(transport_error)?;
-        if response.status_code().as_u16() == 404 {
+        let Some(caps) = json_body_unless_missing(response, "field caps").await? else {
             return Ok(None);
-        }
-        let caps = json_body(response, "field caps").await?;
+        };
         let fields = FleetFields::from_caps(&caps);
         info!(index, ?fields, "fleet fields of the agent index");
         Ok(Some(*self.fleet_fields.get_or_init(|| fields)))
@@ -372,10 +373,7 @@ impl ElasticsearchStore {
                 .send()
                 .await
                 .map_err(transport_error)?;
-            if response.status_code().as_u16() == 404 {
-                break;
-            }
-            let body = json_body(response, "search").await?;
+            let Some(body) = json_body_unless_missing(response, "search").await? else { break };
             let hits = body.pointer("/hits/hits").and_then(Value::as_array).map(Vec::as_slice);
             let hits = hits.unwrap_or_default();
             for hit in hits {
@@ -411,10 +409,10 @@ impl ElasticsearchStore {
             .send()
             .await
             .map_err(transport_error)?;
-        if response.status_code().as_u16() == 404 {
-            return Ok(AgentStats::default());
+        match json_body_unless_missing(response, "agent counts").await? {
+            Some(body) => parse_stats(&body),
+            None => Ok(AgentStats::default()),
         }
-        parse_stats(&json_body(response, "agent counts").await?)
     }
 }
 

@@ -655,6 +655,17 @@ fn transport_error(err: elasticsearch::Error) -> StoreError {
     }
 }
 
+/// [`json_body`], or `None` for a 404 (the index, or the document, is not there).
+async fn json_body_unless_missing(
+    response: elasticsearch::http::response::Response,
+    what: &str,
+) -> Result<Option<Value>, StoreError> {
+    if response.status_code().as_u16() == 404 {
+        return Ok(None);
+    }
+    json_body(response, what).await.map(Some)
+}
+
 /// The JSON body of a 2xx answer; any other status is classified by [`status_error`].
 async fn json_body(
     response: elasticsearch::http::response::Response,

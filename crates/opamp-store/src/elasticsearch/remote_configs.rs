@@ -39,7 +39,7 @@ use super::document::{
 };
 use super::{
     ElasticsearchStore, FIELDS_MAPPED, FIELDS_UNKNOWN, FIELDS_UNMAPPED, SetUp, Shared, json_body,
-    status_error, transport_error,
+    json_body_unless_missing, status_error, transport_error,
 };
 use crate::configs::{
     self, ConfigStore, MAX_CONFIGS, RolloutCounts, SCHEMA_VERSION, StoredConfig, VersionedConfig,
@@ -229,11 +229,10 @@ impl ElasticsearchStore {
             .await
             .map_err(transport_error)?;
         // no config was ever written
-        if response.status_code().as_u16() == 404 {
-            return Ok(Vec::new());
+        match json_body_unless_missing(response, "config search").await? {
+            Some(body) => parse_versions(&body),
+            None => Ok(Vec::new()),
         }
-        let body = json_body(response, "config search").await?;
-        parse_versions(&body)
     }
 
     async fn get_config_inner(&self, name: &str) -> Result<Option<VersionedConfig>, StoreError> {
@@ -251,11 +250,10 @@ impl ElasticsearchStore {
             .await
             .map_err(transport_error)?;
         // no such config, or no config index yet
-        if response.status_code().as_u16() == 404 {
-            return Ok(None);
+        match json_body_unless_missing(response, "config get").await? {
+            Some(doc) => parse_config(&doc, name),
+            None => Ok(None),
         }
-        let doc = json_body(response, "config get").await?;
-        parse_config(&doc, name)
     }
 
     async fn put_config_inner(
@@ -341,10 +339,9 @@ impl ElasticsearchStore {
             .send()
             .await
             .map_err(transport_error)?;
-        if response.status_code().as_u16() == 404 {
+        let Some(body) = json_body_unless_missing(response, "config count").await? else {
             return Ok(None);
-        }
-        let body = json_body(response, "config count").await?;
+        };
         body.get("count")
             .and_then(Value::as_u64)
             .map(Some)
@@ -404,11 +401,10 @@ impl ElasticsearchStore {
             .send()
             .await
             .map_err(transport_error)?;
-        if response.status_code().as_u16() == 404 {
-            return Ok(vec![RolloutCounts::default(); configs.len()]);
+        match json_body_unless_missing(response, "rollout counts").await? {
+            Some(body) => parse_counts(&body, configs.len()),
+            None => Ok(vec![RolloutCounts::default(); configs.len()]),
         }
-        let body = json_body(response, "rollout counts").await?;
-        parse_counts(&body, configs.len())
     }
 }
 
