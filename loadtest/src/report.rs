@@ -513,10 +513,10 @@ pub fn process_cpu_seconds() -> Option<f64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_json_summary_keeps_every_earlier_field() {
-        let cfg = RunConfig {
-            agents: 10,
+    /// A short open-loop run of `agents` agents, every other setting at its plainest.
+    fn small_run(agents: usize) -> RunConfig {
+        RunConfig {
+            agents,
             rate: 5.0,
             duration: Duration::from_secs(2),
             warmup: Duration::ZERO,
@@ -530,7 +530,12 @@ mod tests {
             record_events: false,
             remote_config: Default::default(),
             fleet: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_json_summary_keeps_every_earlier_field() {
+        let cfg = small_run(10);
         let s = Summary::collect(&cfg, &Stats::default(), 10, Duration::from_secs(2), true);
         let v = s.to_json(0.0);
         // what bench-*.sh and earlier recorded runs read, as of issue 8
@@ -592,22 +597,7 @@ mod tests {
 
     #[test]
     fn remote_config_violations_fail_the_run_and_are_reported() {
-        let cfg = RunConfig {
-            agents: 4,
-            rate: 5.0,
-            duration: Duration::from_secs(2),
-            warmup: Duration::ZERO,
-            max_in_flight: 4,
-            drift_rate: 0.0,
-            seed: 1,
-            max_followups: 2,
-            progress_every: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(1),
-            steps: Vec::new(),
-            record_events: false,
-            remote_config: Default::default(),
-            fleet: Default::default(),
-        };
+        let cfg = small_run(4);
         let mut s = Summary::collect(&cfg, &Stats::default(), 10, Duration::from_secs(2), true);
         s.replies_ok = 10;
         assert!(s.failures(0.0).is_empty());
