@@ -8,11 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::es::{EsInstance, Outcome, TestIndex, bounded, post};
+use crate::common::es::{EsInstance, Outcome, TestIndex, bounded, post, post_unavailable};
 use crate::common::forwarder::{Forwarder, Mode};
-use crate::common::{error_type, full, poll, uid};
+use crate::common::{full, poll, uid};
 use opamp_proto::InstanceUid;
-use opamp_proto::v1::{AgentToServer, ServerErrorResponseType};
+use opamp_proto::v1::AgentToServer;
 
 /// opampd's `--request-timeout` in these tests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,21 +55,7 @@ async fn accepted(server: &EsInstance, msg: &AgentToServer) -> bool {
 /// Posts and asserts the retryable failure: 503, Retry-After, an OpAMP `Unavailable` body,
 /// within the request timeout.
 async fn unavailable(server: &EsInstance, msg: &AgentToServer) -> Outcome {
-    let out = post(&server.opamp_url, msg, CLIENT_LIMIT)
-        .await
-        .unwrap_or_else(|e| panic!("seq {}: opampd must answer, not hang: {e}", msg.sequence_num));
-    assert_eq!(out.status, 503, "never 401 or 500 for a store outage: {out:?}");
-    let retry_after: u64 = out
-        .retry_after
-        .as_deref()
-        .expect("Retry-After on 503")
-        .parse()
-        .expect("Retry-After in seconds");
-    assert!(retry_after > 0);
-    let reply = out.reply.as_ref().expect("protobuf ServerToAgent body");
-    assert_eq!(error_type(reply), Some(ServerErrorResponseType::Unavailable));
-    // echoed both when the store failed fast and when the request timeout cut it
-    assert_eq!(reply.instance_uid, msg.instance_uid, "instance_uid echoed");
+    let out = post_unavailable(&server.opamp_url, msg, CLIENT_LIMIT).await;
     assert!(
         out.elapsed <= REQUEST_TIMEOUT + SLACK,
         "answered after {:?}, past the {REQUEST_TIMEOUT:?} request timeout",

@@ -338,3 +338,27 @@ impl Rng {
         self.next() % 100 < percent
     }
 }
+
+/// Posts `msg` and asserts the retryable failure an outage must give: 503 with a positive
+/// Retry-After and an OpAMP `Unavailable` body echoing the uid, answered within `limit`.
+pub async fn post_unavailable(url: &str, msg: &AgentToServer, limit: Duration) -> Outcome {
+    let out = post(url, msg, limit)
+        .await
+        .unwrap_or_else(|e| panic!("seq {}: opampd must answer, not hang: {e}", msg.sequence_num));
+    assert_eq!(out.status, 503, "an outage is 503, never 401 or 500: {out:?}");
+    let retry_after: u64 = out
+        .retry_after
+        .as_deref()
+        .expect("Retry-After on 503")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!(retry_after > 0);
+    let reply = out.reply.as_ref().expect("protobuf ServerToAgent body");
+    assert_eq!(
+        crate::common::error_type(reply),
+        Some(opamp_proto::v1::ServerErrorResponseType::Unavailable)
+    );
+    // echoed both when the store failed fast and when the request timeout cut it
+    assert_eq!(reply.instance_uid, msg.instance_uid, "instance_uid echoed");
+    out
+}
