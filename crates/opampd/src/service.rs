@@ -50,12 +50,7 @@ impl FullStateCounts {
 
     /// Every reason with its count, in [`FullStateReason::ALL`] order.
     pub fn snapshot(&self) -> [(FullStateReason, u64); FullStateReason::ALL.len()] {
-        let mut i = 0;
-        FullStateReason::ALL.map(|reason| {
-            let n = self.0[i].load(Ordering::Relaxed);
-            i += 1;
-            (reason, n)
-        })
+        std::array::from_fn(|i| (FullStateReason::ALL[i], self.0[i].load(Ordering::Relaxed)))
     }
 }
 
