@@ -17,7 +17,7 @@ use opamp_core::remote_config::{
     ConfigHash, ConfigSet, DesiredConfig, InvalidConfig, RemoteConfig, RolloutState, SLOT_TTL_MS,
 };
 use opamp_store::{
-    ConfigStore, Precondition, RolloutCounts, StoreError, StoredConfig, Version, VersionedConfig,
+    ConfigStore, Precondition, RolloutCounts, StoreError, StoredConfig, VersionedConfig,
 };
 use tokio::sync::Notify;
 
@@ -44,13 +44,6 @@ pub enum ConfigError {
     Contention,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// One config as the admin API shows it.
-#[derive(Debug, Clone)]
-pub struct ConfigView {
-    pub stored: StoredConfig,
-    pub version: Version,
 }
 
 /// A std mutex's guard, also after a panic elsewhere poisoned it (the data is counters only).
@@ -423,7 +416,7 @@ impl Configs {
 
     /// `PUT /api/configs/{name}`: creates or replaces a config. The same content (hash) keeps
     /// its rollout's progress; new content starts a new rollout.
-    pub async fn put(&self, config: RemoteConfig) -> Result<ConfigView, ConfigError> {
+    pub async fn put(&self, config: RemoteConfig) -> Result<VersionedConfig, ConfigError> {
         let config = Arc::new(config);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let current = self.inner.store.get_config(config.name()).await?;
@@ -440,7 +433,7 @@ impl Configs {
                 Ok(version) => {
                     tracing::info!(config = %config.name(), hash = %opamp_core::remote_config::hash_hex(config.hash()), "config stored");
                     let _ = self.refresh().await;
-                    return Ok(ConfigView { stored, version });
+                    return Ok(VersionedConfig { stored, version });
                 }
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -469,7 +462,7 @@ impl Configs {
     }
 
     /// `POST /api/configs/{name}/resume`: sending goes on, with a fresh failure budget.
-    pub async fn resume(&self, name: &str) -> Result<ConfigView, ConfigError> {
+    pub async fn resume(&self, name: &str) -> Result<VersionedConfig, ConfigError> {
         self.update(name, |stored| {
             stored.rollout.resume();
             true
@@ -480,27 +473,22 @@ impl Configs {
     }
 
     /// One config, read from the store.
-    pub async fn get(&self, name: &str) -> Result<Option<ConfigView>, ConfigError> {
-        Ok(self
-            .inner
-            .store
-            .get_config(name)
-            .await?
-            .map(|v| ConfigView { stored: v.stored, version: v.version }))
+    pub async fn get(&self, name: &str) -> Result<Option<VersionedConfig>, ConfigError> {
+        Ok(self.inner.store.get_config(name).await?)
     }
 
     /// Every config, as of a refresh made now.
-    pub async fn list(&self) -> Result<Vec<ConfigView>, ConfigError> {
+    pub async fn list(&self) -> Result<Vec<VersionedConfig>, ConfigError> {
         self.refresh().await?;
         let loaded = self.inner.loaded.lock().await;
-        Ok(loaded
-            .values()
-            .map(|v| ConfigView { stored: v.stored.clone(), version: v.version })
-            .collect())
+        Ok(loaded.values().cloned().collect())
     }
 
     /// The rollout counts of `views`, in the same order.
-    pub async fn counts(&self, views: &[ConfigView]) -> Result<Vec<RolloutCounts>, ConfigError> {
+    pub async fn counts(
+        &self,
+        views: &[VersionedConfig],
+    ) -> Result<Vec<RolloutCounts>, ConfigError> {
         let keys: Vec<(String, ConfigHash)> = views
             .iter()
             .map(|v| (v.stored.config.name().to_owned(), *v.stored.config.hash()))

@@ -13,11 +13,11 @@ use http::StatusCode;
 use opamp_core::remote_config::{
     ConfigFile, MAX_CONFIG_BYTES, RemoteConfig, RolloutPolicy, hash_hex,
 };
-use opamp_store::RolloutCounts;
+use opamp_store::{RolloutCounts, VersionedConfig};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::configs::{ConfigError, ConfigView};
+use crate::configs::ConfigError;
 use crate::state::AppState;
 
 /// Largest `PUT` body: the files' own bound plus room for JSON escaping and the selector.
@@ -155,7 +155,7 @@ async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Resp
 }
 
 /// A config as the API shows it; `counts` adds `"agents"`.
-pub fn config_json(view: &ConfigView, counts: Option<&RolloutCounts>) -> Value {
+pub fn config_json(view: &VersionedConfig, counts: Option<&RolloutCounts>) -> Value {
     let config = &view.stored.config;
     let policy = config.rollout();
     let state = &view.stored.rollout;
