@@ -18,6 +18,10 @@ OPAMPD_TEST_ES_SECURE_URL=$(scripts/elasticsearch.sh start --secure)
 OPAMPD_TEST_ES_SECURE_PASSWORD=$(scripts/elasticsearch.sh password --secure)
 echo "test.sh: elasticsearch with security on at $OPAMPD_TEST_ES_SECURE_URL" >&2
 
+# Every crate of the lock file, whatever the platform: the layering test reads the whole
+# dependency graph with `cargo metadata --offline`, which a build alone does not download.
+cargo fetch --locked
+
 echo "test.sh: installing the node opamp client for the interop test" >&2
 npm ci --prefix crates/opampd/tests/interop --no-audit --no-fund --silent
 

@@ -368,6 +368,7 @@ pub fn agent_record(u: &mut Unstructured<'_>) -> Result<AgentRecord> {
         desired_config: some(u, |u| Ok(DesiredConfig { name: string(u)?, hash: u.arbitrary()? }))?
             .map(Arc::new),
         offered_config: some(u, |u| Ok(OfferedConfig { hash: u.arbitrary()?, at: timestamp(u)? }))?,
+        published_at: timestamp(u)?,
     })
 }
 

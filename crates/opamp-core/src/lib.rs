@@ -15,8 +15,8 @@ mod response;
 pub use drift::{FullStateReason, full_state_reason, has_full_status};
 pub use merge::merge;
 pub use record::{
-    AgentRecord, AgentStatus, DEFAULT_OFFLINE_AFTER_MS, Enrollment, Timestamp, UnenrollReason,
-    Unenrolled,
+    AgentRecord, AgentStatus, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_PUBLISH_INTERVAL_MS, Enrollment,
+    Timestamp, UnenrollReason, Unenrolled,
 };
 pub use remote_config::{ConfigSet, RemoteConfigOutcome};
 pub use response::{

@@ -14,6 +14,11 @@ pub type Timestamp = u64;
 /// the same threshold Kibana Fleet uses.
 pub const DEFAULT_OFFLINE_AFTER_MS: u64 = 6 * 60 * 1000;
 
+/// How long at most a record's published view (see [`AgentRecord::published_at`]) may go
+/// without being published again when nothing but the check-in changed: well inside
+/// [`DEFAULT_OFFLINE_AFTER_MS`], so a reader of the view never sees a live agent go offline.
+pub const DEFAULT_PUBLISH_INTERVAL_MS: u64 = 60 * 1000;
+
 /// Status as stored. `Offline` is never stored: it is derived at read time from `last_checkin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AgentStatus {
@@ -110,6 +115,12 @@ pub struct AgentRecord {
     pub desired_config: Option<Arc<DesiredConfig>>,
     /// The config hash last sent to this agent: a hash is sent once.
     pub offered_config: Option<OfferedConfig>,
+    /// When the record's view was last published, 0 for never. A store may keep a second,
+    /// wide copy of the record for other readers (Elasticsearch's fleet document, which Kibana
+    /// reads) and rewrite it only when [`publishes`](Self::publishes): when anything but the
+    /// check-in (`sequence_num`, `last_checkin`) changed, or the last publication is older than
+    /// the publish interval (see `process`). The record itself is written on every message.
+    pub published_at: Timestamp,
 }
 
 impl AgentRecord {
@@ -135,7 +146,44 @@ impl AgentRecord {
             connection_settings_status: None,
             desired_config: None,
             offered_config: None,
+            published_at: 0,
         }
+    }
+
+    /// Whether the write of this record publishes its view: `process` stamps `published_at`
+    /// with the message's time, which is also its `last_checkin`. (A message handled in the
+    /// same millisecond as the previous publication publishes again: harmless.)
+    pub fn publishes(&self) -> bool {
+        self.published_at == self.last_checkin
+    }
+
+    /// Whether `other` shows readers the same agent as `self`: every field but the check-in
+    /// (`sequence_num`, `last_checkin`) and the bookkeeping (`published_at`, `adopted`) equal.
+    /// Shared sub-messages compare by pointer first, so a heartbeat costs no deep comparison.
+    pub fn same_view(&self, other: &Self) -> bool {
+        fn same<T: PartialEq>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                _ => false,
+            }
+        }
+        self.instance_uid == other.instance_uid
+            && self.capabilities == other.capabilities
+            && self.status == other.status
+            && self.enrolled_at == other.enrolled_at
+            && same(&self.enrollment, &other.enrollment)
+            && self.unenrolled == other.unenrolled
+            && same(&self.agent_description, &other.agent_description)
+            && same(&self.health, &other.health)
+            && same(&self.effective_config, &other.effective_config)
+            && same(&self.remote_config_status, &other.remote_config_status)
+            && same(&self.package_statuses, &other.package_statuses)
+            && same(&self.custom_capabilities, &other.custom_capabilities)
+            && same(&self.available_components, &other.available_components)
+            && same(&self.connection_settings_status, &other.connection_settings_status)
+            && same(&self.desired_config, &other.desired_config)
+            && self.offered_config == other.offered_config
     }
 
     /// The status a reader should see at `now`: `offline` once the agent has been silent longer

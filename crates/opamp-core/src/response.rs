@@ -10,7 +10,7 @@ use opamp_proto::{Bytes, InstanceUid, agent_flags, server_caps, server_flags};
 
 use crate::drift::{FullStateReason, full_state_reason};
 use crate::merge::merge;
-use crate::record::{AgentRecord, Enrollment, Timestamp};
+use crate::record::{AgentRecord, DEFAULT_PUBLISH_INTERVAL_MS, Enrollment, Timestamp};
 use crate::remote_config::{self, ConfigSet, RemoteConfig, RemoteConfigOutcome};
 
 /// What opampd accepts and offers. Offers it cannot make (packages, connection settings) are
@@ -23,11 +23,17 @@ pub const DEFAULT_SERVER_CAPABILITIES: u64 = server_caps::ACCEPTS_STATUS
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerConfig {
     pub capabilities: u64,
+    /// The longest a record's view goes unpublished while only its check-in changes (see
+    /// [`AgentRecord::published_at`]); 0 publishes on every message.
+    pub publish_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { capabilities: DEFAULT_SERVER_CAPABILITIES }
+        Self {
+            capabilities: DEFAULT_SERVER_CAPABILITIES,
+            publish_interval_ms: DEFAULT_PUBLISH_INTERVAL_MS,
+        }
     }
 }
 
@@ -111,6 +117,8 @@ pub fn process(
     }
     let report_full_state = full_state_reason(stored.as_ref(), msg);
     let stored_status = stored.as_ref().and_then(|s| s.remote_config_status.clone());
+    // a copy of pointers and numbers: the view before, to tell whether this message changed it
+    let before = stored.clone();
     let mut record = merge(stored, uid, msg, now);
     if record.enrollment.is_none() {
         record.enrollment = enrollment.cloned();
@@ -123,6 +131,10 @@ pub fn process(
         report_full_state.is_some(),
         remote.permit,
     );
+    let changed = before.is_none_or(|b| !b.same_view(&record));
+    if changed || now.saturating_sub(record.published_at) >= config.publish_interval_ms {
+        record.published_at = now;
+    }
     let mut response = ServerToAgent {
         instance_uid: msg.instance_uid.clone(),
         // AcceptsStatus is mandatory on every reply of a stateless server, so a config that

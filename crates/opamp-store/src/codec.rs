@@ -27,7 +27,8 @@ use crate::StoreError;
 ///   reader may safely skip keep this number (so instances of two releases can share a store
 ///   during a rolling upgrade): the desired remote config (tag 19) and the offered one (tag 20);
 ///   an older instance drops them when it rewrites the record, which at worst sends a config once
-///   more.
+///   more; when the record's view was last published (tag 21: an older instance drops it, which
+///   at worst publishes once more).
 pub const SCHEMA_VERSION: u32 = 2;
 
 /// The oldest layout [`decode`] still reads.
@@ -78,6 +79,8 @@ struct StoredAgent {
     desired_config: Option<StoredDesired>,
     #[prost(message, optional, tag = "20")]
     offered_config: Option<StoredOffered>,
+    #[prost(uint64, tag = "21")]
+    published_at: u64,
 }
 
 /// The remote config an agent should run (name and content hash).
@@ -229,6 +232,7 @@ pub fn encode(record: &AgentRecord) -> Vec<u8> {
     if let Some(o) = &record.offered_config {
         message::encode(20, &StoredOffered::from_core(o), &mut buf);
     }
+    scalar(21, record.published_at, &mut buf);
     buf
 }
 
@@ -286,6 +290,7 @@ pub fn decode(bytes: &[u8]) -> Result<AgentRecord, StoreError> {
         connection_settings_status: stored.connection_settings_status.map(Arc::new),
         desired_config,
         offered_config,
+        published_at: stored.published_at,
     })
 }
 
@@ -317,6 +322,7 @@ mod tests {
             unenrolled_at: record.unenrolled.map_or(0, |u| u.at),
             desired_config: record.desired_config.as_deref().map(StoredDesired::from_core),
             offered_config: record.offered_config.as_ref().map(StoredOffered::from_core),
+            published_at: record.published_at,
         }
         .encode_to_vec()
     }

@@ -343,6 +343,7 @@ pub fn full_record(uid: InstanceUid) -> AgentRecord {
             hash: [8u8; 32],
             at: 1_700_000_060_500,
         }),
+        published_at: 1_700_000_050_000,
     }
 }
 
@@ -533,6 +534,7 @@ pub async fn list_paginates_in_uid_order<S: AgentStore>(store: &S) {
     for uid in &ours {
         create(store, &minimal_record(*uid)).await;
     }
+    store.flush().await.expect("flush");
     ours.sort();
     let (first, last) = (ours[0], ours[ours.len() - 1]);
 
@@ -630,6 +632,9 @@ async fn create_fleet<S: AgentStore>(store: &S) -> (String, Vec<AgentRecord>) {
     }
     let other = fleet_agent(&format!("{s}-other"), Online, recent, Some("v1"), Some("web-09"));
     join_all(agents.iter().chain([&other]).map(|r| create(store, r))).await;
+    // a store may show its listing a moment after the writes (Elasticsearch publishes agent
+    // documents after their state records): flush is the barrier
+    store.flush().await.expect("flush");
     (service, agents)
 }
 
@@ -1155,6 +1160,7 @@ pub async fn rollout_counts_count_agents_by_desired_config_and_status<
     add(2, Some((&other, ah)), Some((&ah, Applied)));
     add(1, None, Some((&ah, Applied)));
     join_all(agents.iter().map(|r| create(store, r))).await;
+    store.flush().await.expect("flush");
 
     let asked = [
         (an.to_owned(), ah),

@@ -28,11 +28,14 @@ pub const ES_READ_DURATION_SECONDS: &str = "opampd_es_read_duration_seconds";
 pub const ES_SHED_TOTAL: &str = "opampd_es_shed_total";
 pub const ES_WRITES_BLOCKED_TOTAL: &str = "opampd_es_writes_blocked_total";
 pub const ES_AUTH_REQUESTS_TOTAL: &str = "opampd_es_auth_requests_total";
+pub const ES_AGENT_DOCUMENT_WRITES_TOTAL: &str = "opampd_es_agent_document_writes_total";
 
 /// The `backend` label of the `opampd_store_*` series.
 pub const EMBEDDED: &str = "embedded";
 /// The `op` label values of [`ES_SHED_TOTAL`].
-pub const ES_SHED_OPS: [&str; 2] = ["get", "put"];
+pub const ES_SHED_OPS: [&str; 3] = ["get", "put", "publish"];
+/// The `outcome` label values of [`ES_AGENT_DOCUMENT_WRITES_TOTAL`].
+pub const ES_AGENT_DOCUMENT_OUTCOMES: [&str; 3] = ["written", "superseded", "failed"];
 /// The `call` label values of [`ES_AUTH_REQUESTS_TOTAL`].
 pub const ES_AUTH_AUTHENTICATE: &str = "authenticate";
 pub const ES_AUTH_ENROLLMENT_LOOKUP: &str = "enrollment_lookup";
@@ -84,6 +87,12 @@ pub const ALL: &[Metric] = &[
     counter(
         ES_WRITES_BLOCKED_TOTAL,
         "write items refused by an index block (read-only, e.g. the flood-stage disk watermark)",
+    ),
+    counter(
+        ES_AGENT_DOCUMENT_WRITES_TOTAL,
+        "agent documents (what Kibana reads) written after their state record, by outcome \
+         (written; superseded: a later publication of the agent was there already; failed: the \
+         agent's next message publishes again)",
     ),
     counter(
         ES_AUTH_REQUESTS_TOTAL,
@@ -155,10 +164,15 @@ pub(crate) fn register_elasticsearch() {
         .iter()
         .map(|m| m.name)
         .filter(|n| {
-            n.starts_with("opampd_es_") && ![ES_SHED_TOTAL, ES_AUTH_REQUESTS_TOTAL].contains(n)
+            n.starts_with("opampd_es_")
+                && ![ES_SHED_TOTAL, ES_AUTH_REQUESTS_TOTAL, ES_AGENT_DOCUMENT_WRITES_TOTAL]
+                    .contains(n)
         })
         .collect();
     register_named(&es, &[]);
+    for outcome in ES_AGENT_DOCUMENT_OUTCOMES {
+        register_named(&[ES_AGENT_DOCUMENT_WRITES_TOTAL], &[("outcome", outcome)]);
+    }
     for op in ES_SHED_OPS {
         register_named(&[ES_SHED_TOTAL], &[("op", op)]);
     }

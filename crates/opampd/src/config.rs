@@ -125,6 +125,30 @@ pub struct Cli {
     #[arg(long, env = "OPAMPD_ES_CONFIG_INDEX")]
     pub es_config_index: Option<String>,
 
+    /// Elasticsearch index of the agents' state records, the one document every message reads
+    /// and writes (compare-and-swap). Default: `.fleet-policies-opampd-state` next to fleet's
+    /// `.fleet-agents`, else the agent index's name followed by `-opampd-state`.
+    #[arg(long, env = "OPAMPD_ES_STATE_INDEX")]
+    pub es_state_index: Option<String>,
+
+    /// `refresh_interval` of the Elasticsearch indices opampd creates, e.g. 30s (an index that
+    /// exists keeps its own). Nothing on the OpAMP path searches; the admin listings refresh
+    /// before they search.
+    #[arg(long, env = "OPAMPD_ES_REFRESH_INTERVAL", default_value_t = Wait(es::DEFAULT_REFRESH_INTERVAL))]
+    pub es_refresh_interval: Wait,
+
+    /// How often at most an agent's document in the agent index (what Kibana reads) is
+    /// rewritten while only its check-in changes, e.g. 60s; any other change is written at
+    /// once. Kibana's `last_checkin` lags by at most this plus one heartbeat; keep it well
+    /// under the 5-6 min after which Kibana calls an agent offline. 0 rewrites it on every
+    /// message.
+    #[arg(
+        long,
+        env = "OPAMPD_ES_CHECKIN_INTERVAL",
+        default_value_t = Wait(Duration::from_millis(opamp_core::DEFAULT_PUBLISH_INTERVAL_MS))
+    )]
+    pub es_checkin_interval: Wait,
+
     /// Elasticsearch index of fleet's enrollment API keys (read by --auth elasticsearch).
     #[arg(long, env = "OPAMPD_ES_ENROLLMENT_INDEX", default_value = es::DEFAULT_ENROLLMENT_INDEX)]
     pub es_enrollment_index: String,
@@ -363,6 +387,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_in_flight: usize,
     pub offline_after: Duration,
+    /// How often at most a check-in alone is published to the agent document (`--es-checkin-interval`).
+    pub checkin_publish_interval: Duration,
     /// How often remote configs are checked for changes.
     pub config_refresh: Duration,
     pub shutdown_grace: Duration,
@@ -424,6 +450,10 @@ impl Cli {
         if self.offline_after.0.is_zero() {
             return Err(invalid("--offline-after must be positive"));
         }
+        if self.es_checkin_interval.0 >= self.offline_after.0 {
+            // the agent document would show a live agent offline between two publications
+            return Err(invalid("--es-checkin-interval must be shorter than --offline-after"));
+        }
         if self.config_refresh.0 < Duration::from_millis(100)
             || self.config_refresh.0 > Duration::from_secs(5)
         {
@@ -471,6 +501,7 @@ impl Cli {
             max_message_bytes,
             max_in_flight: self.max_in_flight,
             offline_after: self.offline_after.0,
+            checkin_publish_interval: self.es_checkin_interval.0,
             config_refresh: self.config_refresh.0,
             shutdown_grace: self.shutdown_grace.0,
             request_timeout: self.request_timeout.0,
@@ -553,6 +584,8 @@ impl Cli {
         es.index.clone_from(&self.es_index);
         es.enrollment_index.clone_from(&self.es_enrollment_index);
         es.config_index.clone_from(&self.es_config_index);
+        es.state_index.clone_from(&self.es_state_index);
+        es.refresh_interval = self.es_refresh_interval.0;
         es.auth = self.es_auth()?;
         if let Some(path) = &self.es_ca_cert {
             let pem = std::fs::read(path)

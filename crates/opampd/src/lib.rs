@@ -80,6 +80,15 @@ const FIRST_CONFIG_READ: Duration = Duration::from_secs(2);
 /// How long the admin listener keeps answering after the OpAMP listener has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
+/// What the core decides with: the defaults, and how often a check-in alone is published.
+fn server_config(config: &Config) -> ServerConfig {
+    let interval = config.checkin_publish_interval.as_millis();
+    ServerConfig {
+        publish_interval_ms: u64::try_from(interval).unwrap_or(u64::MAX),
+        ..ServerConfig::default()
+    }
+}
+
 /// Builds the handler state for `config` over `store`, with the agent key checker `config`
 /// asks for (on the store's Elasticsearch settings).
 pub fn app_state(config: &Config, store: Arc<dyn Backend>) -> Result<AppState, RunError> {
@@ -89,7 +98,7 @@ pub fn app_state(config: &Config, store: Arc<dyn Backend>) -> Result<AppState, R
     let clock = clock::system_clock();
     let configs = configs::Configs::new(store.clone(), clock.clone(), config.config_refresh);
     Ok(AppState {
-        service: OpampService::new(store, configs, ServerConfig::default(), clock),
+        service: OpampService::new(store, configs, server_config(config), clock),
         limits: Limits {
             max_message_bytes: config.max_message_bytes,
             request_timeout: config.request_timeout,

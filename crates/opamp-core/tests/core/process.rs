@@ -39,7 +39,15 @@ fn reply_flags_follow_the_drift_table_and_echo_the_uid_with_capabilities() {
         assert_eq!(p.response.capabilities & REQUIRED_CAPS, REQUIRED_CAPS, "{}: caps", c.name);
         assert_eq!(p.response.error_response, None, "{}", c.name);
         assert_eq!(p.response.agent_identification, None, "{}", c.name);
-        assert_eq!(p.record, merge(c.stored, UID, &c.msg, NOW), "{}: record", c.name);
+        // the record is the merge, and its publication mark is the message's time or the old one
+        let mut merged = merge(c.stored, UID, &c.msg, NOW);
+        assert!(
+            [NOW, merged.published_at].contains(&p.record.published_at),
+            "{}: published_at",
+            c.name
+        );
+        merged.published_at = p.record.published_at;
+        assert_eq!(p.record, merged, "{}: record", c.name);
     }
 }
 
@@ -92,12 +100,15 @@ fn default_capabilities_accept_status_and_effective_config() {
 
 #[test]
 fn configured_capabilities_are_sent_and_accepts_status_is_never_dropped() {
-    let extra = ServerConfig { capabilities: REQUIRED_CAPS | server_caps::OFFERS_REMOTE_CONFIG };
+    let extra = ServerConfig {
+        capabilities: REQUIRED_CAPS | server_caps::OFFERS_REMOTE_CONFIG,
+        ..ServerConfig::default()
+    };
     let p = process(None, UID, &full(1), NOW, None, || FRESH, &extra, Remote::NONE)
         .expect("without an enrollment nothing is refused");
     assert_eq!(p.response.capabilities, extra.capabilities);
 
-    let forgetful = ServerConfig { capabilities: 0 };
+    let forgetful = ServerConfig { capabilities: 0, ..ServerConfig::default() };
     let p = process(None, UID, &full(1), NOW, None, || FRESH, &forgetful, Remote::NONE)
         .expect("without an enrollment nothing is refused");
     assert_eq!(p.response.capabilities, server_caps::ACCEPTS_STATUS);
@@ -313,4 +324,83 @@ fn a_request_for_a_new_uid_marks_the_old_record_reenrolled_until_it_reports_agai
         process(Some(p.record), UID, &heartbeat(7), NOW + 1, None, || FRESH, &cfg, Remote::NONE)
             .unwrap();
     assert_eq!(p.record.unenrolled, None, "reporting under the old uid again clears the mark");
+}
+
+/// The view is published (see `AgentRecord::published_at`) on a new agent, on any change but
+/// the check-in, and otherwise once the publish interval has passed since the last publication.
+#[test]
+fn the_view_is_published_on_a_change_or_once_per_interval() {
+    let config = ServerConfig { publish_interval_ms: 60_000, ..ServerConfig::default() };
+    let run = |stored: Option<opamp_core::AgentRecord>, msg: &AgentToServer, now: u64| {
+        process(stored, UID, msg, now, None, || FRESH, &config, Remote::NONE)
+            .expect("without an enrollment nothing is refused")
+            .record
+    };
+    // a full state with the capabilities the heartbeats carry (a capability change is a change)
+    let full = |seq| AgentToServer { capabilities: heartbeat(seq).capabilities, ..full(seq) };
+    let first = run(None, &full(1), NOW);
+    assert!(first.publishes(), "a new agent is published");
+    assert_eq!(first.published_at, NOW);
+
+    // heartbeats within the interval are not published, the first one past it is
+    let quiet = run(Some(first.clone()), &heartbeat(2), NOW + 30_000);
+    assert!(!quiet.publishes(), "a heartbeat within the interval");
+    assert_eq!(quiet.published_at, NOW, "the mark is kept");
+    let still = run(Some(quiet.clone()), &heartbeat(3), NOW + 59_999);
+    assert!(!still.publishes());
+    let due = run(Some(still.clone()), &heartbeat(4), NOW + 60_000);
+    assert!(due.publishes(), "a heartbeat once the interval has passed");
+
+    // the same full state again changes nothing readers see: not published
+    let resent = run(Some(first.clone()), &full(2), NOW + 1_000);
+    assert!(!resent.publishes(), "an identical full state");
+
+    // any change but the check-in is published at once
+    let mut degraded = full(2);
+    if let Some(h) = degraded.health.as_mut() {
+        h.healthy = !h.healthy;
+        h.last_error = "it broke".into();
+    }
+    let changed = run(Some(first.clone()), &degraded, NOW + 1_000);
+    assert!(changed.publishes(), "a health change");
+    let mut described = full(2);
+    if let Some(d) = described.agent_description.as_mut() {
+        d.identifying_attributes.clear();
+    }
+    assert!(run(Some(first.clone()), &described, NOW + 1_000).publishes(), "a description change");
+
+    // 0 publishes on every message
+    let every = ServerConfig { publish_interval_ms: 0, ..ServerConfig::default() };
+    let p = process(Some(first), UID, &heartbeat(2), NOW + 1, None, || FRESH, &every, Remote::NONE)
+        .expect("without an enrollment nothing is refused");
+    assert!(p.record.publishes());
+}
+
+#[test]
+fn same_view_ignores_only_the_check_in_and_the_bookkeeping() {
+    let a = populated_record(5, AgentStatus::Online);
+    let mut b = a.clone();
+    b.sequence_num = 9;
+    b.last_checkin += 1;
+    b.published_at = 77;
+    b.adopted = true;
+    assert!(a.same_view(&b));
+    // an equal sub-message behind another pointer is the same view
+    b.health = a.health.as_deref().cloned().map(std::sync::Arc::new);
+    assert!(a.same_view(&b));
+    for change in [
+        (|r: &mut opamp_core::AgentRecord| r.capabilities ^= 1) as fn(&mut opamp_core::AgentRecord),
+        |r| r.status = AgentStatus::Degraded,
+        |r| r.health = None,
+        |r| r.agent_description = None,
+        |r| r.effective_config = None,
+        |r| r.enrolled_at += 1,
+        |r| {
+            r.unenrolled = Some(Unenrolled { reason: UnenrollReason::Reenrolled, at: 1 });
+        },
+    ] {
+        let mut c = a.clone();
+        change(&mut c);
+        assert!(!a.same_view(&c), "{c:?}");
+    }
 }

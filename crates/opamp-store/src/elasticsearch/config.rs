@@ -21,6 +21,14 @@ pub const DEFAULT_INDEX: &str = ".fleet-agents";
 /// The remote-config index used next to fleet's agent index (see [`EsConfig::config_index`]).
 pub const DEFAULT_FLEET_CONFIG_INDEX: &str = ".fleet-policies-opampd-configs";
 
+/// The agent-state index used next to fleet's agent index (see [`EsConfig::state_index`]).
+pub const DEFAULT_FLEET_STATE_INDEX: &str = ".fleet-policies-opampd-state";
+
+/// How often Elasticsearch refreshes an index opampd creates. Nothing on the OpAMP path
+/// searches (reads are realtime, by id), the admin's listings refresh before they search, and
+/// each refresh of a busy index costs Elasticsearch a new segment to merge.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The index Kibana Fleet keeps enrollment API keys in (agent authentication reads it).
 pub const DEFAULT_ENROLLMENT_INDEX: &str = ".fleet-enrollment-api-keys";
 
@@ -36,6 +44,9 @@ pub const DEFAULT_MGET_MAX_WAIT: Duration = Duration::from_millis(1);
 pub const MAX_BATCH_ITEMS: usize = 10_000;
 pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_QUEUE: usize = 1_000_000;
+/// Longest `refresh_interval` accepted: the admin's listings refresh before they search, but
+/// an operator searching the index directly should not wait longer than this.
+pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 /// A batching wait is added to every message's latency.
 pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(1);
 
@@ -108,6 +119,11 @@ pub struct EsConfig {
     pub enrollment_index: String,
     /// Index of the remote configs; `None` for the default, see [`config_index`](Self::config_index).
     pub config_index: Option<String>,
+    /// Index of the agents' state records (written on every message); `None` for the default,
+    /// see [`state_index`](Self::state_index).
+    pub state_index: Option<String>,
+    /// `refresh_interval` of the indices opampd creates (an existing index keeps its own).
+    pub refresh_interval: Duration,
     pub auth: EsAuth,
     /// Extra trust anchors for an `https` URL; `None` trusts the built-in web roots only.
     pub ca_cert: Option<CaCert>,
@@ -150,6 +166,8 @@ impl EsConfig {
             index: DEFAULT_INDEX.to_owned(),
             enrollment_index: DEFAULT_ENROLLMENT_INDEX.to_owned(),
             config_index: None,
+            state_index: None,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
             auth: EsAuth::None,
             ca_cert: None,
             request_timeout: Duration::from_secs(10),
@@ -202,6 +220,31 @@ impl EsConfig {
             return bad(
                 "config-index",
                 format!("{config_index:?} must differ from the agent and enrollment indices"),
+            );
+        }
+        let state_index = self.state_index();
+        if let Err(why) = check_index_name(&state_index) {
+            return bad("state-index", format!("{state_index:?} is not a valid index name: {why}"));
+        }
+        if [&self.index, &self.enrollment_index, &config_index].contains(&&state_index) {
+            return bad(
+                "state-index",
+                format!(
+                    "{state_index:?} must differ from the agent, enrollment and config indices"
+                ),
+            );
+        }
+        if state_index.starts_with(DEFAULT_INDEX) {
+            // see config_index: Elasticsearch would put it behind the `.fleet-agents` alias
+            return bad(
+                "state-index",
+                format!("{state_index:?} is in the {DEFAULT_INDEX} system index pattern"),
+            );
+        }
+        if self.refresh_interval.is_zero() || self.refresh_interval > MAX_REFRESH_INTERVAL {
+            return bad(
+                "refresh-interval",
+                format!("must be between 1ms and {}s", MAX_REFRESH_INTERVAL.as_secs()),
             );
         }
         match &self.auth {
@@ -262,6 +305,26 @@ impl EsConfig {
             Some(index) => index.clone(),
             None if self.index.starts_with(".fleet-") => DEFAULT_FLEET_CONFIG_INDEX.to_owned(),
             None => format!("{}-opampd-configs", self.index),
+        }
+    }
+
+    /// The index of the agents' state records: `state_index`, or by default
+    /// [`DEFAULT_FLEET_STATE_INDEX`] when the agent index is one of fleet's (`.fleet-*`; a
+    /// `.fleet-policies-*` name outside the system pattern, for the reasons given at
+    /// [`config_index`](Self::config_index)), and the agent index's name followed by
+    /// `-opampd-state` otherwise.
+    ///
+    /// Why a second index: the agent document is wide (attributes, health, config, tags, all
+    /// indexed for Kibana) and rewriting it on every heartbeat is most of what a heartbeat costs
+    /// Elasticsearch. The state record is the one document every message reads and writes
+    /// under compare-and-swap: opampd's exact state as a blob nothing indexes. The agent
+    /// document is rewritten from it only when what it shows changes, and otherwise at most
+    /// once per publish interval (see `opamp_core::AgentRecord::published_at`).
+    pub fn state_index(&self) -> String {
+        match &self.state_index {
+            Some(index) => index.clone(),
+            None if self.index.starts_with(".fleet-") => DEFAULT_FLEET_STATE_INDEX.to_owned(),
+            None => format!("{}-opampd-state", self.index),
         }
     }
 

@@ -307,9 +307,41 @@ pub fn mappings() -> Value {
 }
 
 /// Index settings for an index opampd creates: one shard (documents are small and read by id),
-/// replicas where the cluster has nodes for them, like Elastic's own system indices.
-pub fn settings() -> Value {
-    json!({ "index": { "number_of_shards": 1, "auto_expand_replicas": "0-1" } })
+/// replicas where the cluster has nodes for them, like Elastic's own system indices, and the
+/// refresh interval given (`None`: Elasticsearch's default).
+pub fn settings(refresh_interval: Option<std::time::Duration>) -> Value {
+    let mut index = json!({ "number_of_shards": 1, "auto_expand_replicas": "0-1" });
+    if let Some(every) = refresh_interval {
+        index["refresh_interval"] = format!("{}ms", every.as_millis().max(1)).into();
+    }
+    json!({ "index": index })
+}
+
+/// The `_source` of an agent's state record (in the state index, see
+/// `EsConfig::state_index`): opampd's exact state and nothing else, read by
+/// [`from_source`] like the `opampd` object of an agent document.
+pub fn state_source(record: &AgentRecord) -> Vec<u8> {
+    let state = base64_encode(&codec::encode(record));
+    let doc = StateDoc {
+        opampd: Opampd { schema_version: SCHEMA_VERSION, state: &state, remote_config: None },
+    };
+    // Serializing a struct of a number and a string into a Vec cannot fail.
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+/// Mappings of the state index: nothing is indexed (`dynamic: false`, no field mapped), so
+/// writing a record costs Elasticsearch its `_id`, its version and the stored `_source`.
+pub fn state_mappings() -> Value {
+    json!({
+        "dynamic": false,
+        "_meta": { "opampd_schema_version": SCHEMA_VERSION, "opampd_kind": "agent-state" },
+        "properties": {}
+    })
+}
+
+#[derive(Serialize)]
+struct StateDoc<'a> {
+    opampd: Opampd<'a>,
 }
 
 #[derive(Serialize)]

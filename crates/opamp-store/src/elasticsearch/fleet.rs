@@ -311,7 +311,7 @@ impl Shared {
     }
 
     /// Makes every acknowledged write visible to the searches that follow.
-    async fn refresh(&self) -> Result<(), StoreError> {
+    pub(super) async fn refresh(&self) -> Result<(), StoreError> {
         let index = self.cfg.index.as_str();
         let refresh = self
             .client

@@ -35,8 +35,8 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tracing::{info, warn};
 
 pub use config::{
-    CaCert, DEFAULT_ENROLLMENT_INDEX, DEFAULT_FLEET_CONFIG_INDEX, DEFAULT_INDEX, EsAuth, EsConfig,
-    InvalidEsConfig,
+    CaCert, DEFAULT_ENROLLMENT_INDEX, DEFAULT_FLEET_CONFIG_INDEX, DEFAULT_FLEET_STATE_INDEX,
+    DEFAULT_INDEX, EsAuth, EsConfig, InvalidEsConfig,
 };
 
 use crate::metrics as m;
@@ -64,6 +64,13 @@ pub(crate) struct Shared {
     index_setup: Mutex<()>,
     /// The config index's name, resolved once (see [`EsConfig::config_index`]).
     config_index: String,
+    /// The state index's name, resolved once (see [`EsConfig::state_index`]).
+    state_index: String,
+    /// Agents whose last agent-document write failed: their next write publishes whatever
+    /// its record says (bounded; past the bound the publish interval catches up).
+    owed: std::sync::Mutex<std::collections::HashSet<InstanceUid>>,
+    /// When a failed agent-document write was last logged (ms since the epoch).
+    publish_failure_logged: AtomicU64,
     /// Like `index_ready` and `index_setup`, for the config index (set up on first use).
     config_index_ready: AtomicBool,
     config_index_setup: Mutex<()>,
@@ -175,6 +182,9 @@ impl ElasticsearchStore {
         let (read_tx, read_rx) = mpsc::channel(cfg.read_queue);
         let shared = Arc::new(Shared {
             config_index: cfg.config_index(),
+            state_index: cfg.state_index(),
+            owed: std::sync::Mutex::new(std::collections::HashSet::new()),
+            publish_failure_logged: AtomicU64::new(0),
             cfg,
             client,
             stats: Stats::default(),
@@ -226,25 +236,80 @@ impl ElasticsearchStore {
         &self.shared.client
     }
 
-    /// One `_bulk` entry: the action line (create for enrollment, CAS index otherwise) and
-    /// the document. Built by the caller's task so serialization is spread over callers.
-    fn entry(record: &AgentRecord, precondition: Precondition) -> (Arc<str>, Bytes) {
-        let id: Arc<str> = record.instance_uid.to_string().into();
+    /// The `_bulk` entry of a state record (in the state index): a create for a new agent or
+    /// one read from its agent document only ([`STATE_ABSENT`]), a CAS index otherwise. Built by
+    /// the caller's task so serialization is spread over callers.
+    fn state_entry(&self, id: &str, record: &AgentRecord, precondition: Precondition) -> Bytes {
+        let index = &*self.shared.state_index;
         let action = match precondition {
-            Precondition::Absent => json!({ "create": { "_id": &*id } }),
+            Precondition::Absent | Precondition::Version(STATE_ABSENT) => {
+                json!({ "create": { "_index": index, "_id": id } })
+            }
             Precondition::Version(v) => json!({ "index": {
-                "_id": &*id, "if_seq_no": v.seq_no, "if_primary_term": v.primary_term
+                "_index": index, "_id": id, "if_seq_no": v.seq_no, "if_primary_term": v.primary_term
             } }),
         };
-        let source = document::to_source(record, now_ms());
-        let mut buf = BytesMut::with_capacity(source.len() + 128);
-        // Writing JSON into a BytesMut writer cannot fail.
-        let _ = serde_json::to_writer((&mut buf).writer(), &action);
-        buf.put_u8(b'\n');
-        buf.put_slice(&source);
-        buf.put_u8(b'\n');
-        (id, buf.freeze())
+        bulk_entry(&action, &document::state_source(record))
     }
+
+    /// The `_bulk` entry of an agent document (in the agent index): written over whatever is
+    /// there, unless that is a later publication (the record's check-in time is the document's
+    /// external version, so two instances publishing one agent cannot leave the older view).
+    fn agent_entry(&self, id: &str, record: &AgentRecord) -> Bytes {
+        let action = json!({ "index": {
+            "_index": &self.shared.cfg.index, "_id": id,
+            "version": record.last_checkin.min(i64::MAX as u64), "version_type": "external_gte"
+        } });
+        bulk_entry(&action, &document::to_source(record, now_ms()))
+    }
+
+    /// Queues the agent document of `record` (after its state record was written), without
+    /// waiting for it: the agent's answer does not depend on what Kibana shows. A failure is
+    /// counted and marks the agent, so its next write publishes again.
+    fn publish(&self, id: Arc<str>, record: &AgentRecord) {
+        let entry = self.agent_entry(&id, record);
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        let op = writer::WriteOp {
+            key: format!("agent/{id}").into(),
+            id,
+            uid: record.instance_uid,
+            entry,
+            reply: None,
+            _ticket: Ticket(self.shared.clone()),
+        };
+        if let Err(err) = self.writes.try_send(op) {
+            let full = matches!(err, mpsc::error::TrySendError::Full(_));
+            if full {
+                self.shared.stats.record_shed("publish");
+            }
+            self.shared.publish_failed(
+                record.instance_uid,
+                if full { "queue full" } else { "store shut down" },
+            );
+        }
+    }
+}
+
+/// The version a read answers for an agent whose state record does not exist yet but whose
+/// agent document does (written by an older opampd, or by fleet-server): its first write
+/// creates the state record. Elasticsearch never hands out primary term 0.
+pub(crate) const STATE_ABSENT: Version = Version { seq_no: 0, primary_term: 0 };
+
+/// Most agents remembered as owed a publication (see [`Shared::owed`]).
+const MAX_OWED: usize = 100_000;
+
+/// How often at most a failed agent-document write is logged.
+const PUBLISH_FAILURE_LOG_MS: u64 = 5_000;
+
+/// An action line and its source as NDJSON.
+fn bulk_entry(action: &Value, source: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(source.len() + 160);
+    // Writing JSON into a BytesMut writer cannot fail.
+    let _ = serde_json::to_writer((&mut buf).writer(), action);
+    buf.put_u8(b'\n');
+    buf.put_slice(source);
+    buf.put_u8(b'\n');
+    buf.freeze()
 }
 
 /// The body of a create-index request for a config index (settings and mapping): what opampd
@@ -252,7 +317,7 @@ impl ElasticsearchStore {
 /// credentials that may not (fleet-server's service token may read and write a `.fleet-*`
 /// index that is not a system index, once it exists).
 pub fn config_index_body() -> Value {
-    json!({ "settings": document::settings(), "mappings": remote_configs::mappings() })
+    json!({ "settings": document::settings(None), "mappings": remote_configs::mappings() })
 }
 
 /// Sets the index up as soon as the store is built, so the instance is ready before its first
@@ -276,6 +341,37 @@ async fn set_up_early(shared: Weak<Shared>) {
 }
 
 impl Shared {
+    /// Whether `uid` is owed a publication (and forgets it: the caller publishes now).
+    fn take_owed(&self, uid: InstanceUid) -> bool {
+        let mut owed = self.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        !owed.is_empty() && owed.remove(&uid)
+    }
+
+    /// Counts a failed agent-document write, logs it (at most every few seconds), and marks the
+    /// agent so its next write publishes again.
+    pub(crate) fn publish_failed(&self, uid: InstanceUid, why: &str) {
+        metrics::counter!(m::ES_AGENT_DOCUMENT_WRITES_TOTAL, "outcome" => "failed").increment(1);
+        {
+            let mut owed = self.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if owed.len() < MAX_OWED {
+                owed.insert(uid);
+            }
+        }
+        let now = now_ms();
+        let last = self.publish_failure_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= PUBLISH_FAILURE_LOG_MS
+            && self
+                .publish_failure_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                index = %self.cfg.index, instance_uid = %uid, error = why,
+                "agent document not written; the agent's next message publishes it again"
+            );
+        }
+    }
+
     /// Creates the index with our mapping if missing; on an existing index adds our mapping
     /// where allowed; then, on every path (created here, created by another instance meanwhile,
     /// there already), waits for the index's primary shard to be active. Until then a read or
@@ -304,11 +400,24 @@ impl Shared {
     }
 
     async fn setup_index(&self) -> Result<(), StoreError> {
+        let settings = document::settings(Some(self.cfg.refresh_interval));
         let set_up =
-            self.set_up(&self.cfg.index, document::settings(), document::mappings(), false).await?;
+            self.set_up(&self.cfg.index, settings.clone(), document::mappings(), false).await?;
         if matches!(set_up, SetUp::Created | SetUp::MappingUpdated) {
             // the remote-config fields are in the mapping just sent
             self.remote_config_fields.store(FIELDS_MAPPED, Ordering::Release);
+        }
+        // lenient like the config index: fleet-server's token may create this `.fleet-policies-*`
+        // index but not ask whether it exists
+        let state =
+            self.set_up(&self.state_index, settings, document::state_mappings(), true).await?;
+        if matches!(state, SetUp::Opaque | SetUp::OnFirstWrite) {
+            warn!(
+                index = %self.state_index,
+                "state index could not be created with opampd's mapping: the first write creates it \
+                 with a dynamic one (indexing the state costs Elasticsearch more); create it \
+                 beforehand with the body of `opampd es-index-body state`"
+            );
         }
         Ok(())
     }
@@ -525,10 +634,18 @@ impl AgentStore for ElasticsearchStore {
         record: &AgentRecord,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
-        let (id, entry) = Self::entry(record, precondition);
+        let id: Arc<str> = record.instance_uid.to_string().into();
+        let entry = self.state_entry(&id, record, precondition);
         let (reply, answer) = oneshot::channel();
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-        let op = writer::WriteOp { id, entry, reply, _ticket: Ticket(self.shared.clone()) };
+        let op = writer::WriteOp {
+            key: id.clone(),
+            id: id.clone(),
+            uid: record.instance_uid,
+            entry,
+            reply: Some(reply),
+            _ticket: Ticket(self.shared.clone()),
+        };
         match self.writes.try_send(op) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -539,7 +656,16 @@ impl AgentStore for ElasticsearchStore {
                 return Err(StoreError::Unavailable("store is shut down".into()));
             }
         }
-        await_answer(answer, self.shared.cfg.request_timeout + self.shared.cfg.bulk_max_wait).await
+        let bound = self.shared.cfg.request_timeout + self.shared.cfg.bulk_max_wait;
+        let version = await_answer(answer, bound).await?;
+        // a new agent, or one whose state record was made from its agent document, is always
+        // published: the agent index then shows every agent opampd knows
+        let created =
+            matches!(precondition, Precondition::Absent | Precondition::Version(STATE_ABSENT));
+        if created || record.publishes() || self.shared.take_owed(record.instance_uid) {
+            self.publish(id, record);
+        }
+        Ok(version)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -2,7 +2,9 @@
 //! realtime `GET`), each document routed back to the callers that asked for it.
 //!
 //! Reads are by `_id` only, realtime, so a read sees every acknowledged write without a refresh.
-//! Never a `_search` here.
+//! Never a `_search` here. An agent is read from its state record; only an agent that has none
+//! (new, or written by an older opampd or by fleet-server) costs a second read, of its agent
+//! document.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 use super::document::{self, READ_SOURCE_FIELDS};
-use super::{Shared, json_body, transport_error};
+use super::{STATE_ABSENT, Shared, json_body, transport_error};
 use crate::{StoreError, Version, Versioned};
 
 pub(super) type ReadResult = Result<Option<Versioned>, StoreError>;
@@ -63,31 +65,53 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadOp>) {
 
 /// One result per uid, in order; a whole-request failure is every uid's failure.
 async fn fetch(shared: &Shared, uids: &[InstanceUid]) -> Vec<ReadResult> {
-    let started = Instant::now();
     let outcome = tokio::time::timeout(shared.cfg.request_timeout, async {
         // A read racing the first write's index creation would hit a shard that is not
         // allocated yet (503 for the agent); waiting for the setup answers it properly.
         shared.ensure_index_once().await?;
-        if let [uid] = uids {
-            get_one(shared, *uid).await.map(|r| vec![r])
-        } else {
-            get_many(shared, uids).await
+        let mut results = read(shared, &shared.state_index, uids).await?;
+        let missing: Vec<usize> = (0..uids.len()).filter(|&i| results[i] == Ok(None)).collect();
+        if !missing.is_empty() {
+            // no state record: the agent document an older opampd or fleet-server wrote, if
+            // any; the first write creates the state record from it
+            let ids: Vec<InstanceUid> = missing.iter().map(|&i| uids[i]).collect();
+            let older = read(shared, &shared.cfg.index, &ids).await?;
+            for (i, found) in missing.into_iter().zip(older) {
+                results[i] = found
+                    .map(|doc| doc.map(|v| Versioned { record: v.record, version: STATE_ABSENT }));
+            }
         }
+        Ok(results)
     })
     .await
     .unwrap_or_else(|_| Err(StoreError::Unavailable("read timed out".into())));
-    shared.stats.record_read(uids.len(), started.elapsed());
     match outcome {
         Ok(results) => results,
         Err(err) => vec![Err(err); uids.len()],
     }
 }
 
-async fn get_one(shared: &Shared, uid: InstanceUid) -> Result<ReadResult, StoreError> {
+/// One realtime read of `uids` from `index`: a `GET` for one, an `_mget` for more.
+async fn read(
+    shared: &Shared,
+    index: &str,
+    uids: &[InstanceUid],
+) -> Result<Vec<ReadResult>, StoreError> {
+    let started = Instant::now();
+    let results = if let [uid] = uids {
+        get_one(shared, index, *uid).await.map(|r| vec![r])
+    } else {
+        get_many(shared, index, uids).await
+    };
+    shared.stats.record_read(uids.len(), started.elapsed());
+    results
+}
+
+async fn get_one(shared: &Shared, index: &str, uid: InstanceUid) -> Result<ReadResult, StoreError> {
     let id = uid.to_string();
     let response = shared
         .client
-        .get(GetParts::IndexId(&shared.cfg.index, &id))
+        .get(GetParts::IndexId(index, &id))
         .realtime(true)
         ._source_includes(READ_SOURCE_FIELDS)
         .request_timeout(shared.cfg.request_timeout)
@@ -103,11 +127,15 @@ async fn get_one(shared: &Shared, uid: InstanceUid) -> Result<ReadResult, StoreE
     Ok(parse_doc(&doc, uid))
 }
 
-async fn get_many(shared: &Shared, uids: &[InstanceUid]) -> Result<Vec<ReadResult>, StoreError> {
+async fn get_many(
+    shared: &Shared,
+    index: &str,
+    uids: &[InstanceUid],
+) -> Result<Vec<ReadResult>, StoreError> {
     let ids: Vec<String> = uids.iter().map(ToString::to_string).collect();
     let response = shared
         .client
-        .mget(MgetParts::Index(&shared.cfg.index))
+        .mget(MgetParts::Index(index))
         .realtime(true)
         ._source_includes(READ_SOURCE_FIELDS)
         .request_timeout(shared.cfg.request_timeout)

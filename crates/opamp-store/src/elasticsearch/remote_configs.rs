@@ -90,7 +90,7 @@ impl Shared {
         let index = self.config_index.as_str();
         let set_up = tokio::time::timeout(
             timeout,
-            self.set_up(index, super::document::settings(), mappings(), true),
+            self.set_up(index, super::document::settings(None), mappings(), true),
         )
         .await
         .map_err(|_| StoreError::Unavailable("config index setup timed out".into()))??;
@@ -391,6 +391,8 @@ impl ElasticsearchStore {
     ) -> Result<Vec<RolloutCounts>, StoreError> {
         let shared = &self.shared;
         shared.ensure_index_once().await?;
+        // the agent index refreshes rarely (see `EsConfig::refresh_interval`)
+        shared.refresh().await?;
         let mapped = shared.remote_config_fields_mapped().await?;
         let body = counts_request(configs, mapped);
         let response = shared
@@ -437,9 +439,9 @@ impl ConfigStore for ElasticsearchStore {
 
     /// One `_search` of the agent index (size 0) with a `filters` aggregation per count, on
     /// the `opampd.remote_config.*` keyword fields; where the agent index does not map them
-    /// (the `.fleet-agents` system index), as runtime fields read from `_source`. A search sees
-    /// the agents as of the index's last refresh (about a second behind by default), not every
-    /// acknowledged write.
+    /// (the `.fleet-agents` system index), as runtime fields read from `_source`, after a
+    /// refresh: it sees every agent document written before it (agent documents are written
+    /// just after their state record, see `ElasticsearchStore::publish`).
     async fn rollout_counts(
         &self,
         configs: &[(String, ConfigHash)],

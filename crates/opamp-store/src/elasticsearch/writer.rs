@@ -4,7 +4,9 @@
 //! One dispatcher task owns the batch being filled; it never waits on Elasticsearch itself (each
 //! `_bulk` runs in its own task, at most `bulks_in_flight` at once). A document has at most one
 //! item per bulk and at most one bulk in flight, so two writes to one agent reach Elasticsearch
-//! in the order they were accepted. Everything the dispatcher holds is bounded.
+//! in the order they were accepted. Everything the dispatcher holds is bounded. A bulk mixes
+//! state records (whose outcome goes back to the caller) and agent documents (published after
+//! their state record, whose outcome only counts: see `ElasticsearchStore::publish`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,7 +20,9 @@ use tokio::time::sleep_until;
 use tracing::{debug, warn};
 
 use super::{BLOCKED, Shared, Ticket, status_error, transport_error};
+use crate::metrics as m;
 use crate::{StoreError, Version};
+use opamp_proto::InstanceUid;
 
 /// Fields of a `_bulk` response routing needs; the rest is not even sent back.
 const BULK_FILTER: &[&str] = &[
@@ -34,9 +38,14 @@ pub(super) type WriteResult = Result<Version, StoreError>;
 
 /// One accepted write: its NDJSON lines (action and source) and where its outcome goes.
 pub(super) struct WriteOp {
+    /// The document's index and id, as far as ordering goes: at most one op per key in a bulk.
+    pub key: Arc<str>,
+    /// The document's `_id`, which its response item must carry.
     pub id: Arc<str>,
+    pub uid: InstanceUid,
     pub entry: Bytes,
-    pub reply: oneshot::Sender<WriteResult>,
+    /// The caller waiting for a state record's outcome; `None` for an agent document.
+    pub reply: Option<oneshot::Sender<WriteResult>>,
     /// Released when the op is answered or dropped, so `flush` can wait for it.
     pub _ticket: Ticket,
 }
@@ -51,7 +60,7 @@ struct Batch {
 impl Batch {
     fn push(&mut self, op: WriteOp) {
         self.started.get_or_insert_with(Instant::now);
-        self.ids.insert(op.id.clone());
+        self.ids.insert(op.key.clone());
         self.ops.push(op);
     }
 
@@ -77,14 +86,14 @@ struct Dispatcher {
 
 impl Dispatcher {
     fn admit(&mut self, op: WriteOp) {
-        let free = !self.busy.contains(&op.id)
-            && !self.batch.ids.contains(&op.id)
-            && !self.deferred_ids.contains_key(&op.id)
+        let free = !self.busy.contains(&op.key)
+            && !self.batch.ids.contains(&op.key)
+            && !self.deferred_ids.contains_key(&op.key)
             && self.batch.ops.len() < self.shared.cfg.bulk_max_items;
         if free {
             self.batch.push(op);
         } else {
-            *self.deferred_ids.entry(op.id.clone()).or_default() += 1;
+            *self.deferred_ids.entry(op.key.clone()).or_default() += 1;
             self.deferred.push_back(op);
         }
     }
@@ -99,19 +108,19 @@ impl Dispatcher {
         let mut keep = VecDeque::with_capacity(self.deferred.len());
         for op in self.deferred.drain(..) {
             let can_go = self.batch.ops.len() < max
-                && !self.busy.contains(&op.id)
-                && !self.batch.ids.contains(&op.id)
-                && !blocked.contains(&op.id);
+                && !self.busy.contains(&op.key)
+                && !self.batch.ids.contains(&op.key)
+                && !blocked.contains(&op.key);
             if can_go {
-                if let Some(n) = self.deferred_ids.get_mut(&op.id) {
+                if let Some(n) = self.deferred_ids.get_mut(&op.key) {
                     *n -= 1;
                     if *n == 0 {
-                        self.deferred_ids.remove(&op.id);
+                        self.deferred_ids.remove(&op.key);
                     }
                 }
                 self.batch.push(op);
             } else {
-                blocked.insert(op.id.clone());
+                blocked.insert(op.key.clone());
                 keep.push_back(op);
             }
         }
@@ -153,17 +162,21 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>) {
             // agent "unavailable"; sending its write later would apply a message the agent
             // retries, turning the retry into a duplicate (a needless ReportFullState per agent
             // after every outage). Once sent, it is too late to take back.
-            let ops: Vec<WriteOp> =
-                d.batch.take().into_iter().filter(|op| !op.reply.is_closed()).collect();
+            let ops: Vec<WriteOp> = d
+                .batch
+                .take()
+                .into_iter()
+                .filter(|op| op.reply.as_ref().is_none_or(|r| !r.is_closed()))
+                .collect();
             if ops.is_empty() {
                 d.refill();
                 continue;
             }
-            d.busy.extend(ops.iter().map(|op| op.id.clone()));
+            d.busy.extend(ops.iter().map(|op| op.key.clone()));
             d.in_flight += 1;
             let done = DoneGuard {
                 tx: done_tx.clone(),
-                ids: ops.iter().map(|op| op.id.clone()).collect(),
+                ids: ops.iter().map(|op| op.key.clone()).collect(),
             };
             tokio::spawn(send_bulk(d.shared.clone(), ops, done));
             d.refill();
@@ -222,20 +235,41 @@ async fn send_bulk(shared: Arc<Shared>, ops: Vec<WriteOp>, done: DoneGuard) {
     match outcome {
         Ok(results) => {
             for (op, result) in ops.into_iter().zip(results) {
-                if result == Err(StoreError::Conflict) {
-                    shared.stats.record_conflict();
-                }
-                let _ = op.reply.send(result);
+                answer(&shared, op, result);
             }
         }
         Err(err) => {
             warn!(index = %shared.cfg.index, items = ops.len(), error = %err, "elasticsearch bulk failed");
             for op in ops {
-                let _ = op.reply.send(Err(err.clone()));
+                answer(&shared, op, Err(err.clone()));
             }
         }
     }
     drop(done);
+}
+
+/// Routes one item's outcome: to the waiting caller (a state record), or into the counts (an
+/// agent document, whose 409 means a later publication is there already).
+fn answer(shared: &Shared, op: WriteOp, result: WriteResult) {
+    match op.reply {
+        Some(reply) => {
+            if result == Err(StoreError::Conflict) {
+                shared.stats.record_conflict();
+            }
+            let _ = reply.send(result);
+        }
+        None => {
+            let outcome = match &result {
+                Ok(_) => "written",
+                Err(StoreError::Conflict) => "superseded",
+                Err(err) => {
+                    shared.publish_failed(op.uid, &err.to_string());
+                    return;
+                }
+            };
+            metrics::counter!(m::ES_AGENT_DOCUMENT_WRITES_TOTAL, "outcome" => outcome).increment(1);
+        }
+    }
 }
 
 /// Sends one `_bulk` and classifies every item; `Err` means no item can be trusted.
@@ -248,7 +282,7 @@ async fn execute(shared: &Shared, ops: &[WriteOp]) -> Result<Vec<WriteResult>, S
     let request = async {
         let response = shared
             .client
-            .bulk(BulkParts::Index(&shared.cfg.index))
+            .bulk(BulkParts::None)
             .filter_path(BULK_FILTER)
             .request_timeout(shared.cfg.request_timeout)
             .body(vec![body.freeze()])

@@ -255,9 +255,16 @@ mod es {
 
     use opamp_store::conformance::test_es_url as es_url;
 
+    /// Deletes `index` and the state index opampd derives from its name, if any.
     async fn delete_index(client: &Elasticsearch, index: &str) {
-        let response =
-            client.indices().delete(IndicesDeleteParts::Index(&[index])).send().await.unwrap();
+        let state = format!("{index}-opampd-state");
+        let response = client
+            .indices()
+            .delete(IndicesDeleteParts::Index(&[index, &state]))
+            .ignore_unavailable(true)
+            .send()
+            .await
+            .unwrap();
         let status = response.status_code().as_u16();
         assert!(matches!(status, 200 | 404), "delete {index}: {status}");
     }
@@ -515,6 +522,7 @@ mod es {
         let client = store.client();
         let record = conformance::full_record(InstanceUid::new_v7());
         store.put(&record, Precondition::Absent).await.expect("create");
+        store.flush().await.expect("the agent document is written");
         client.indices().refresh(IndicesRefreshParts::Index(&[&index])).send().await.unwrap();
         let response = client
             .search(elasticsearch::SearchParts::Index(&[&index]))

@@ -31,12 +31,15 @@ impl TestIndex {
         Some(Self { store, name })
     }
 
+    /// Deletes the agent index and the state index.
     async fn delete(self) {
+        let state = self.store.config().state_index();
         let response = self
             .store
             .client()
             .indices()
-            .delete(IndicesDeleteParts::Index(&[&self.name]))
+            .delete(IndicesDeleteParts::Index(&[&self.name, &state]))
+            .ignore_unavailable(true)
             .send()
             .await
             .expect("delete test index");
@@ -70,6 +73,7 @@ async fn conformance_suite_passes_on_the_fleet_agents_system_index() {
     // Fresh uids only, and the system index is never deleted: other tools own it.
     let record = full_record(InstanceUid::new_v7());
     store.put(&record, Precondition::Absent).await.expect("create in .fleet-agents");
+    store.flush().await.expect("the agent document is written");
     let doc = raw_get(store.client(), DEFAULT_INDEX, &record.instance_uid.to_string()).await;
     assert_eq!(doc["_index"], ".fleet-agents-7");
     assert_eq!(doc["_source"]["type"], "OPAMP");
@@ -85,10 +89,12 @@ async fn group_commit_coalesces_concurrent_puts() {
         futures::future::join_all(records.iter().map(|r| t.store.put(r, Precondition::Absent)))
             .await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
+    t.store.flush().await.unwrap();
     let stats = t.store.stats();
     let bulks = stats.bulk_requests - before.bulk_requests;
-    assert_eq!(stats.bulk_items - before.bulk_items, N as u64);
-    assert!(bulks * 10 <= N as u64, "{N} concurrent puts took {bulks} bulk requests");
+    // a state record and an agent document (a new agent is published) each
+    assert_eq!(stats.bulk_items - before.bulk_items, 2 * N as u64);
+    assert!(bulks * 10 <= 2 * N as u64, "{N} concurrent puts took {bulks} bulk requests");
 
     // Concurrent cache-miss reads are batched the same way.
     let before = t.store.stats();
@@ -258,6 +264,8 @@ async fn documents_are_readable_by_plain_elasticsearch() {
     record.sequence_num = 17;
     record.status = AgentStatus::Degraded;
     t.store.put(&record, Precondition::Absent).await.unwrap();
+    // the agent document is written after the state record, without the caller waiting
+    t.store.flush().await.unwrap();
     let id = record.instance_uid.to_string();
     let doc = raw_get(t.store.client(), &t.name, &id).await;
     let source = &doc["_source"];
@@ -277,22 +285,26 @@ async fn documents_are_readable_by_plain_elasticsearch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_of_another_schema_version_reads_as_corrupt() {
     let Some(t) = TestIndex::new(|_| {}).await else { return };
-    let record = minimal_record(InstanceUid::new_v7());
-    t.store.put(&record, Precondition::Absent).await.unwrap();
-    let id = record.instance_uid.to_string();
-    let mut source = raw_get(t.store.client(), &t.name, &id).await["_source"].clone();
-    source["opampd"]["schema_version"] = json!(999);
-    let response = t
-        .store
-        .client()
-        .index(IndexParts::IndexId(&t.name, &id))
-        .body(source)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status_code().is_success());
-    let got = t.store.get(record.instance_uid).await;
-    assert!(matches!(got, Err(StoreError::Corrupt(_))), "{got:?}");
+    // in the state record, and in an agent document with no state record (an older opampd's)
+    let state_index = t.store.config().state_index();
+    for index in [state_index.as_str(), t.name.as_str()] {
+        let record = minimal_record(InstanceUid::new_v7());
+        t.store.put(&record, Precondition::Absent).await.unwrap();
+        t.store.flush().await.unwrap();
+        let id = record.instance_uid.to_string();
+        let mut source = raw_get(t.store.client(), index, &id).await["_source"].clone();
+        source["opampd"]["schema_version"] = json!(999);
+        let client = t.store.client();
+        let response =
+            client.index(IndexParts::IndexId(index, &id)).body(source).send().await.unwrap();
+        assert!(response.status_code().is_success());
+        if index == t.name {
+            let response = client.delete(elasticsearch::DeleteParts::IndexId(&state_index, &id));
+            assert!(response.send().await.unwrap().status_code().is_success());
+        }
+        let got = t.store.get(record.instance_uid).await;
+        assert!(matches!(got, Err(StoreError::Corrupt(_))), "{index}: {got:?}");
+    }
     // A document that is neither opampd's nor an OpAMP agent's (an Elastic Agent's) is corrupt
     // too, not a panic; fleet-server's OpAMP documents are adopted (no state, asked for it).
     for (kind, adopted) in [("PERMANENT", false), ("OPAMP", true)] {
@@ -375,7 +387,11 @@ async fn writes_to_a_read_only_index_are_unavailable_and_resume_when_the_block_i
     let Some(t) = TestIndex::new(|_| {}).await else { return };
     let mut known = minimal_record(InstanceUid::new_v7());
     let v1 = t.store.put(&known, Precondition::Absent).await.expect("create");
-    set_read_only(t.store.client(), &t.name, true).await;
+    let state_index = t.store.config().state_index();
+    // the flood stage blocks every index of the node: the state records' and the agents'
+    for index in [&t.name, &state_index] {
+        set_read_only(t.store.client(), index, true).await;
+    }
 
     let before = t.store.stats();
     let fresh = minimal_record(InstanceUid::new_v7());
@@ -396,7 +412,9 @@ async fn writes_to_a_read_only_index_are_unavailable_and_resume_when_the_block_i
     assert_eq!(stored.map(|s| s.version), Some(v1), "the refused update applied nothing");
     assert_eq!(t.store.get(fresh.instance_uid).await, Ok(None), "the refused create applied");
 
-    set_read_only(t.store.client(), &t.name, false).await;
+    for index in [&t.name, &state_index] {
+        set_read_only(t.store.client(), index, false).await;
+    }
     let v2 = t.store.put(&known, Precondition::Version(v1)).await.expect("update after");
     t.store.put(&fresh, Precondition::Absent).await.expect("create after");
     assert_eq!(t.store.get(known.instance_uid).await.unwrap().unwrap().version, v2);
@@ -420,4 +438,117 @@ async fn fleet_listing_and_counts_work_with_the_service_token_on_fleet_agents() 
             conformance::stats_count_the_selected_agents_exactly(&store).await;
         })
         .await;
+}
+
+/// The `_source` of `uid`'s agent document (what Kibana reads), after pending writes land.
+async fn agent_document(t: &TestIndex, uid: InstanceUid) -> Value {
+    t.store.flush().await.unwrap();
+    raw_get(t.store.client(), &t.name, &uid.to_string()).await["_source"].clone()
+}
+
+/// Every write goes to the state record; the agent document is rewritten only by a write whose
+/// record publishes (`AgentRecord::publishes`), by an agent's first write, and never over a
+/// later publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_document_is_rewritten_only_when_the_record_publishes() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let mut record = minimal_record(InstanceUid::new_v7());
+    record.last_checkin = 1_800_000_000_000;
+    record.published_at = 0;
+    let uid = record.instance_uid;
+    let mut version = t.store.put(&record, Precondition::Absent).await.unwrap();
+    assert_eq!(agent_document(&t, uid).await["sequence_num"], 0, "a new agent is published");
+
+    // a heartbeat that does not publish: the state record moves, the agent document does not
+    record.sequence_num = 1;
+    record.last_checkin += 30_000;
+    version = t.store.put(&record, Precondition::Version(version)).await.unwrap();
+    assert_eq!(t.store.get(uid).await.unwrap().unwrap().record, record);
+    assert_eq!(agent_document(&t, uid).await["sequence_num"], 0, "not published");
+
+    // one that publishes
+    record.sequence_num = 2;
+    record.last_checkin += 30_000;
+    record.published_at = record.last_checkin;
+    version = t.store.put(&record, Precondition::Version(version)).await.unwrap();
+    let doc = agent_document(&t, uid).await;
+    assert_eq!(doc["sequence_num"], 2, "published");
+    let state = opamp_store::elasticsearch::document::from_source(&doc, uid).unwrap();
+    assert_eq!(state, record, "the agent document carries the state it shows");
+
+    // a publication of an earlier check-in (an instance that was paused) never overwrites it
+    let mut late = record.clone();
+    late.sequence_num = 3;
+    late.last_checkin -= 1;
+    late.published_at = late.last_checkin;
+    t.store.put(&late, Precondition::Version(version)).await.unwrap();
+    assert_eq!(agent_document(&t, uid).await["sequence_num"], 2, "the later publication stays");
+    assert_eq!(t.store.get(uid).await.unwrap().unwrap().record.sequence_num, 3);
+    t.delete().await;
+}
+
+/// An agent whose document an older opampd wrote (its state inside, no state record) is read
+/// from that document; its first write creates the state record, once: a second first write
+/// conflicts, as two instances racing on it would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_document_without_a_state_record_is_read_and_its_first_write_creates_one() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let mut record = full_record(InstanceUid::new_v7());
+    let uid = record.instance_uid;
+    let source = opamp_store::elasticsearch::document::to_source(&record, 1_800_000_000_000);
+    let response = t
+        .store
+        .client()
+        .index(IndexParts::IndexId(&t.name, &uid.to_string()))
+        .body(serde_json::from_slice::<Value>(&source).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status_code().is_success());
+    let read = t.store.get(uid).await.unwrap().expect("read from the agent document");
+    assert_eq!(read.record, record);
+    record.sequence_num += 1;
+    let written = t.store.put(&record, Precondition::Version(read.version)).await.unwrap();
+    let again = t.store.put(&record, Precondition::Version(read.version)).await;
+    assert_eq!(again, Err(StoreError::Conflict), "the state record exists now");
+    let now = t.store.get(uid).await.unwrap().unwrap();
+    assert_eq!((now.record, now.version), (record.clone(), written));
+    let state = t.store.config().state_index();
+    let raw = raw_get(t.store.client(), &state, &uid.to_string()).await;
+    assert_eq!(raw["found"], true, "{raw}");
+    assert_eq!(agent_document(&t, uid).await["sequence_num"], record.sequence_num);
+    t.delete().await;
+}
+
+/// The state index holds the state blob and nothing Elasticsearch indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_index_indexes_nothing() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let state = t.store.config().state_index();
+    assert_eq!(state, format!("{}-opampd-state", t.name));
+    let response = t
+        .store
+        .client()
+        .indices()
+        .get_mapping(IndicesGetMappingParts::Index(&[&state]))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let mappings = &body[&state]["mappings"];
+    assert!(mappings["dynamic"] == json!(false) || mappings["dynamic"] == json!("false"));
+    assert!(mappings.get("properties").is_none_or(|p| p == &json!({})), "{mappings}");
+    let settings = t
+        .store
+        .client()
+        .indices()
+        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::Index(&[&state]))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(settings[&state]["settings"]["index"]["refresh_interval"], "30000ms", "{settings}");
+    t.delete().await;
 }

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use opamp_core::AgentRecord;
 use opamp_proto::v1::{AgentToServer, ServerToAgent};
 use opamp_proto::{InstanceUid, Message as _, framing};
 use opamp_store::Secret;
 use opamp_store::cache::CacheConfig;
 use opamp_store::elasticsearch::enrollment::AuthCacheConfig;
+use opamp_store::elasticsearch::{DEFAULT_FLEET_STATE_INDEX, document};
 use opamp_store::secured_cluster::{SecuredCluster, TestKey};
 use opampd::config::{AuthConfig, Config, StoreConfig};
 use serde_json::{Value, json};
@@ -86,9 +88,23 @@ async fn post(url: &str, authorization: Option<&str>, msg: &AgentToServer) -> An
     Answer { status, retry_after, www_authenticate, body }
 }
 
-/// The agent's document as fleet-server's service account reads it (realtime).
+/// The agent's document as fleet-server's service account reads it (realtime), once it is
+/// there: opampd writes it just after answering the agent. `None` after a few seconds.
 async fn agent_doc(cluster: &SecuredCluster, uid: InstanceUid) -> Option<Value> {
-    cluster.doc(INDEX, &uid.to_string()).await
+    for _ in 0..50 {
+        if let Some(doc) = cluster.doc(INDEX, &uid.to_string()).await {
+            return Some(doc);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// The agent's state record (written before the agent is answered), read as fleet-server's
+/// service account reads it.
+async fn agent_state(cluster: &SecuredCluster, uid: InstanceUid) -> Option<AgentRecord> {
+    let doc = cluster.doc(DEFAULT_FLEET_STATE_INDEX, &uid.to_string()).await?;
+    Some(document::from_source(&doc["_source"], uid).expect("a state record opampd can read"))
 }
 
 fn ws_url(instance: &EsInstance) -> String {
@@ -164,13 +180,13 @@ async fn without_a_usable_enrollment_key_agents_get_401_and_nothing_is_written()
                     assert!(!body.contains(secret.key.expose()), "{case}: key in body {body}");
                     assert!(!body.contains(secret.encoded.expose()), "{case}: key in body {body}");
                 }
-                assert_eq!(agent_doc(cluster, agent).await, None, "{case}: nothing written");
+                assert_eq!(agent_state(cluster, agent).await, None, "{case}: nothing written");
             }
 
             // the same server accepts the enrollment key itself
             let agent = uid();
             post(&server.opamp_url, Some(&api_key(&enrolled)), &full(agent, 0)).await.reply();
-            assert!(agent_doc(cluster, agent).await.is_some());
+            assert!(agent_state(cluster, agent).await.is_some());
             server.stop().await.expect("clean stop");
         })
         .await;
@@ -193,7 +209,8 @@ async fn an_enrollment_key_binds_its_policy_and_namespaces() {
             let source = &doc["_source"];
             assert_eq!(source["policy_id"], "policy-bound", "{source}");
             assert_eq!(source["namespaces"], json!(["default", "team-a"]), "{source}");
-            assert_eq!(source["sequence_num"], 1, "{source}");
+            let state = agent_state(cluster, agent).await.expect("state written");
+            assert_eq!(state.sequence_num, 1);
             let text = doc.to_string();
             assert!(!text.contains(key.key.expose()) && !text.contains(key.encoded.expose()));
             server.stop().await.expect("clean stop");
@@ -219,7 +236,8 @@ async fn a_known_agent_presenting_another_policys_key_is_forbidden() {
             assert_eq!(answer.status, 403, "{answer:?}");
             let doc = agent_doc(cluster, agent).await.expect("agent written");
             assert_eq!(doc["_source"]["policy_id"], "policy-a");
-            assert_eq!(doc["_source"]["sequence_num"], 0, "the refused message is not applied");
+            let state = agent_state(cluster, agent).await.expect("state written");
+            assert_eq!(state.sequence_num, 0, "the refused message is not applied");
             // its own key still works
             post(&server.opamp_url, Some(&api_key(&first)), &poll(agent, 1)).await.reply();
             server.stop().await.expect("clean stop");
@@ -250,8 +268,8 @@ async fn revoked_or_deactivated_keys_are_refused_once_the_ttl_passes() {
             let answer = post(&server.opamp_url, Some(&api_key(&deactivated)), &poll(b, 1)).await;
             assert_eq!(answer.status, 401, "deactivated: {answer:?}");
             for agent in [a, b] {
-                let doc = agent_doc(cluster, agent).await.expect("written before");
-                assert_eq!(doc["_source"]["sequence_num"], 0, "nothing written after the refusal");
+                let state = agent_state(cluster, agent).await.expect("written before");
+                assert_eq!(state.sequence_num, 0, "nothing written after the refusal");
             }
             server.stop().await.expect("clean stop");
         })
@@ -320,12 +338,12 @@ async fn elasticsearch_down_is_503_with_retry_after_never_401() {
             assert_eq!(answer.status, 503, "stalled cluster: {answer:?}");
             assert_eq!(answer.retry_after.as_deref(), Some("30"));
             assert!(started.elapsed() < Duration::from_secs(10), "bounded by the request timeout");
-            assert_eq!(agent_doc(cluster, agent).await, None);
+            assert_eq!(agent_state(cluster, agent).await, None);
 
             // the outage was not cached: the key works as soon as the cluster is back
             forwarder.set(Mode::Forward);
             post(&server.opamp_url, Some(&api_key(&key)), &full(agent, 0)).await.reply();
-            assert!(agent_doc(cluster, agent).await.is_some());
+            assert!(agent_state(cluster, agent).await.is_some());
             server.stop().await.expect("clean stop");
         })
         .await;

@@ -62,13 +62,22 @@ async fn cold_start_round(index: &TestIndex, round: usize) {
         &errors[..errors.len().min(3)]
     );
 
-    // every agent is stored, exactly once
-    let found = index
-        .search(json!({
+    // every agent is stored, exactly once (agent documents follow their answers closely)
+    let count = async || {
+        let query = json!({
             "size": 0, "track_total_hits": true, "query": { "term": { "type": "OPAMP" } }
-        }))
-        .await;
-    assert_eq!(found["hits"]["total"]["value"], AGENTS, "round {round}: stored agents");
+        });
+        index.search(query).await["hits"]["total"]["value"].clone()
+    };
+    let mut found = count().await;
+    for _ in 0..50 {
+        if found == AGENTS {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        found = count().await;
+    }
+    assert_eq!(found, AGENTS, "round {round}: stored agents");
     // and each instance serves the agents' next message in order, and says it is ready
     for (i, agent) in agents.iter().enumerate().take(3 * INSTANCES) {
         let instance = &instances[(i + 1) % INSTANCES];

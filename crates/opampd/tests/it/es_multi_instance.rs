@@ -298,7 +298,7 @@ async fn documents_written_through_either_instance_are_fleet_readable() {
         };
         assert!(!flagged(&send(&a.opamp_url, &enroll).await));
 
-        let doc = index.doc(agent).await.expect("document written through A");
+        let doc = index.published(agent, 0).await;
         let id = agent.to_string();
         assert_eq!(doc["_id"], id.as_str(), "_id is the canonical uuid");
         let s = &doc["_source"];
@@ -339,7 +339,8 @@ async fn documents_written_through_either_instance_are_fleet_readable() {
             ..poll(agent, 1)
         };
         assert!(!flagged(&send(&b.opamp_url, &unhealthy).await));
-        let s = index.doc(agent).await.unwrap()["_source"].clone();
+        // a change is published at once (a heartbeat alone at most every --es-checkin-interval)
+        let s = index.published(agent, 1).await["_source"].clone();
         assert_eq!(s["sequence_num"], 1);
         assert_eq!(s["last_checkin_status"], "error");
         assert_eq!(s["last_checkin_message"], "exporter failing");
@@ -352,7 +353,7 @@ async fn documents_written_through_either_instance_are_fleet_readable() {
             ..poll(agent, 2)
         };
         assert!(!flagged(&send(&a.opamp_url, &bye).await));
-        let s = index.doc(agent).await.unwrap()["_source"].clone();
+        let s = index.published(agent, 2).await["_source"].clone();
         assert_eq!(
             (s["sequence_num"].clone(), s["last_checkin_status"].clone()),
             (json!(2), json!("disconnected"))

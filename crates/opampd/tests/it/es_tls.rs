@@ -50,8 +50,8 @@ async fn serves_an_agent(index: &TestIndex, opamp_url: &str) {
     for seq in 1..=3 {
         assert!(!asks_full_state(opamp_url, &poll(agent, seq)).await, "heartbeat {seq} flagged");
     }
-    let doc = index.doc(agent).await.expect("the agent's document is in elasticsearch");
-    assert_eq!(doc["_source"]["sequence_num"], 3, "{doc}");
+    assert_eq!(index.stored_seq(agent).await, Some(3), "the state in elasticsearch");
+    index.published(agent, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,6 +94,7 @@ async fn refuses_the_certificate(
     }
 
     // nothing reached the cluster: not the document, not even the index
+    assert!(index.state(agent).await.is_none(), "nothing written");
     assert_eq!(index.doc(agent).await, None, "nothing written");
     let resp = client().get(format!("{}{}", index.es, index.name)).send().await.unwrap();
     assert_eq!(resp.status(), 404, "the index was never created");

@@ -116,10 +116,11 @@ async fn a_full_disk_under_the_embedded_store_gets_503_and_service_resumes_by_it
     drop(disk);
 }
 
-/// Sets or lifts `index.blocks.read_only_allow_delete`, the block Elasticsearch puts on an
-/// index when the disk passes the flood-stage watermark.
+/// Sets or lifts `index.blocks.read_only_allow_delete`, the block Elasticsearch puts on every
+/// index of a node whose disk passes the flood-stage watermark: the agent index and the state
+/// index opampd derives from its name.
 async fn set_read_only(index: &TestIndex, on: bool) {
-    let url = format!("{}{}/_settings", index.es, index.name);
+    let url = format!("{}{},{}-opampd-state/_settings", index.es, index.name, index.name);
     let value = if on { json!(true) } else { Value::Null };
     let resp = client()
         .put(&url)
@@ -151,7 +152,7 @@ async fn a_read_only_elasticsearch_index_gets_503_and_writes_resume_when_the_blo
         }
         assert!(server.counter("opampd_es_writes_blocked_total").await >= blocked_before + 2);
         assert_eq!(index.stored_seq(a).await, Some(1), "the refused write did not apply");
-        assert_eq!(index.doc(b).await, None, "the refused enrollment did not apply");
+        assert!(index.state(b).await.is_none(), "the refused enrollment did not apply");
         assert_eq!(server.readyz().await.0, 200, "reads work: the instance stays in rotation");
 
         set_read_only(&index, false).await;

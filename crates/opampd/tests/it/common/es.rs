@@ -88,10 +88,48 @@ impl TestIndex {
         }
     }
 
-    /// The stored `sequence_num` of `uid` straight from Elasticsearch.
+    /// The agent document of `uid` once it shows `sequence_num` `seq` or later: opampd writes
+    /// it just after answering the message that published it. Panics after a few seconds.
+    pub async fn published(&self, uid: InstanceUid, seq: u64) -> Value {
+        let mut last = None;
+        for _ in 0..50 {
+            last = self.doc(uid).await;
+            if let Some(doc) = &last
+                && doc["_source"]["sequence_num"].as_u64().is_some_and(|s| s >= seq)
+            {
+                return doc.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the agent document of {uid} never showed sequence_num {seq}: {last:?}");
+    }
+
+    /// The stored `sequence_num` of `uid` straight from Elasticsearch (its state record).
     pub async fn stored_seq(&self, uid: InstanceUid) -> Option<u64> {
-        let doc = self.doc(uid).await?;
-        Some(doc["_source"]["sequence_num"].as_u64().expect("sequence_num in the document"))
+        Some(self.state(uid).await?.sequence_num)
+    }
+
+    /// The state record of `uid` straight from Elasticsearch (realtime GET of the state index,
+    /// decoded), or `None` when there is none. The agent document (see [`doc`](Self::doc))
+    /// shows it as of its last publication.
+    pub async fn state(&self, uid: InstanceUid) -> Option<opamp_core::AgentRecord> {
+        let index =
+            EsConfig { index: self.name.clone(), ..EsConfig::new(self.es.clone()) }.state_index();
+        let url = format!("{}{index}/_doc/{uid}", self.es);
+        let resp = tokio::time::timeout(Duration::from_secs(10), client().get(&url).send())
+            .await
+            .expect("elasticsearch answers a GET in time")
+            .expect("GET the state record");
+        let status = resp.status().as_u16();
+        let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        match status {
+            200 => Some(
+                opamp_store::elasticsearch::document::from_source(&body["_source"], uid)
+                    .expect("a state record opampd can read"),
+            ),
+            404 => None,
+            other => panic!("GET {url}: {other} {body}"),
+        }
     }
 
     /// Runs a `_search` on the index after a refresh (what Kibana Fleet does; never opampd).
@@ -117,8 +155,12 @@ impl Drop for TestIndex {
         if !self.delete_on_drop {
             return;
         }
-        // the agent index and the config index opampd derives from its name
-        for index in [self.name.clone(), format!("{}-opampd-configs", self.name)] {
+        // the agent index and the config and state indices opampd derives from its name
+        for index in [
+            self.name.clone(),
+            format!("{}-opampd-configs", self.name),
+            format!("{}-opampd-state", self.name),
+        ] {
             delete_index(&self.es, &index);
         }
     }
