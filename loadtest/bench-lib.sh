@@ -85,14 +85,16 @@ require_loopback() {
 }
 
 # Builds from the working tree, or with BENCH_FROM_HEAD=1 from a `git archive HEAD` snapshot
-# (a checkout that others are editing may not compile at any given moment).
+# (a checkout that others are editing may not compile at any given moment), or of BENCH_REF.
 build() {
   local src=$ROOT
   BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
   if [ "${BENCH_FROM_HEAD:-0}" = 1 ]; then
+    # BENCH_REF: another commit to build instead (a before/after pair with the same script)
+    BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short "${BENCH_REF:-HEAD}")
     src=$BENCH_OUT/src
     rm -rf "$src"; mkdir -p "$src"
-    git -C "$ROOT" archive HEAD | tar -x -C "$src"
+    git -C "$ROOT" archive "${BENCH_REF:-HEAD}" | tar -x -C "$src"
   else
     BENCH_COMMIT="$BENCH_COMMIT+worktree"
   fi
