@@ -47,7 +47,8 @@
 #   CLUSTER_LB_KEEPALIVE (1024 idle upstream connections kept per worker),
 #   CLUSTER_ES_PORT (9290; transport +100), CLUSTER_ES_WARMUP_SECS (30 [8]),
 #   CLUSTER_CEILING_SECS (20 [8]), CLUSTER_CEILING_ARGS (--docs <agents> --random-ids), CLUSTER_PIN (0; 1: ES on cpu 0, the rest on the others),
-#   CLUSTER_KEEP_ES (0; 1 leaves the node running), CLUSTER_MAX_SECS (1800 [900]),
+#   CLUSTER_KEEP_ES (0; 1 leaves the node running), CLUSTER_PERF_SECS (0; N profiles opampd-1
+#     with perf for N s near the window's end: perf-self.txt, perf-children.txt), CLUSTER_MAX_SECS (1800 [900]),
 #   OPAMPD_ES_HEAP (2g, as the issue's run), BENCH_OUT, BENCH_FROM_HEAD, CARGO_TARGET_DIR (see bench-lib.sh).
 set -euo pipefail
 BENCH_OUT=${BENCH_OUT:-/tmp/opampd-cluster-$(date +%Y%m%d%H%M%S)}
@@ -71,6 +72,7 @@ else
 fi
 CLUSTER_WARMUP=${CLUSTER_WARMUP:-0}
 export OPAMPD_ES_HEAP=${OPAMPD_ES_HEAP:-2g}
+CLUSTER_PERF_SECS=${CLUSTER_PERF_SECS:-0}
 # The ceiling writes as many documents as the fleet has agents, at uniformly spread uuid ids
 # like real agents' (a few sequential ids would be cheaper for Elasticsearch than the fleet is).
 CLUSTER_CEILING_ARGS=${CLUSTER_CEILING_ARGS:---docs $CLUSTER_AGENTS --random-ids}
@@ -374,8 +376,25 @@ END_MS=$((DUR_MS - 1000))
 [ "$END_MS" -gt $((WARM_MS + 1000)) ] || END_MS=$DUR_MS
 until_ms $((LT_T0 + WARM_MS)) "$LOADTEST_PID" || true
 snapshot start
+PERF_PID=
+if [ "$CLUSTER_PERF_SECS" -gt 0 ]; then
+  # a CPU profile of instance 1 in the second half of the window (after the enrollment wave)
+  until_ms $((LT_T0 + END_MS - CLUSTER_PERF_SECS * 1000 - 5000)) "$LOADTEST_PID" || true
+  log "profiling opampd-1 for ${CLUSTER_PERF_SECS}s (perf, $BENCH_OUT/perf.data)"
+  perf record -e cpu-clock -F 499 --call-graph dwarf,32768 -p "${PIDS[0]}" -o "$BENCH_OUT/perf.data" \
+    -- sleep "$CLUSTER_PERF_SECS" >"$BENCH_OUT/perf-record.log" 2>&1 &
+  PERF_PID=$!
+fi
 until_ms $((LT_T0 + END_MS)) "$LOADTEST_PID" || log "the loadtest ended before its scheduled end"
 snapshot end
+if [ -n "$PERF_PID" ]; then
+  wait "$PERF_PID" || log "perf record failed: $(tail -n 2 "$BENCH_OUT/perf-record.log")"
+  # self time (flat) and time with children (the flame graph's widest frames)
+  perf report -i "$BENCH_OUT/perf.data" --stdio --no-children --sort symbol --percent-limit 1 \
+    2>/dev/null | grep -v '^$' | grep -v '^#' | grep '%' | head -40 >"$BENCH_OUT/perf-self.txt" || true
+  perf report -i "$BENCH_OUT/perf.data" --stdio --children --sort symbol --percent-limit 4 -g none \
+    2>/dev/null | grep -v '^$' | grep -v '^#' | grep '%' | head -60 >"$BENCH_OUT/perf-children.txt" || true
+fi
 wait "$LOADTEST_PID" && LT_RC=0 || LT_RC=$?
 LOADTEST_PID=
 show_summary "$BENCH_OUT/loadtest.txt"
