@@ -14,12 +14,19 @@
 //! The upgrade is done here on tokio-tungstenite directly (not axum's extractor), so the
 //! session owns the raw connection: after our close frame, [`linger`] reads out what the client
 //! still sends, so it always receives the close code instead of a reset.
+//!
+//! Memory: an idle session keeps no buffer. Between messages, once tungstenite holds no data,
+//! the session parks: it keeps only the bare stream and builds tungstenite again when the
+//! client sends its next bytes ([`Link`]). The message pipeline exists only while messages are
+//! in it. What an idle session costs is then its task and the stream, the same whatever it
+//! received before and whatever the store (`loadtest/ws-idle-memory.sh` measures it).
 
 mod linger;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
@@ -33,6 +40,7 @@ use opamp_core::Enrollment;
 use opamp_proto::Message as _;
 use opamp_proto::framing;
 use opamp_proto::v1::AgentToServer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -48,8 +56,13 @@ use crate::state::{AppState, Limits};
 use crate::telemetry::{self, GaugeGuard, Outcome, Transport, record_message};
 
 /// tungstenite's read buffer is allocated eagerly per connection (default 128 KiB). 4 KiB holds
-/// a heartbeat many times over; a larger message grows the buffer only while it is read.
+/// a heartbeat many times over; a larger message grows the buffer. Either way the buffer lives
+/// only while the session is not idle (see [`Link`]).
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// What a parked session reads (on its task's stack) before building tungstenite again: a
+/// heartbeat's frame whole; tungstenite reads the rest of a longer one.
+const WAKE_BYTES: usize = 64;
 
 /// Messages of one connection being processed at once. Bounds what one multiplexing peer can
 /// hold (each also takes an in-flight permit); a single agent never has more than one.
@@ -63,8 +76,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// default limit, read into one small buffer and thrown away.
 const LINGER_BYTES: u64 = 256 << 20;
 
+/// The raw upgraded connection.
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
 /// An upgraded connection: tungstenite over the tapped raw stream.
-type Socket = WebSocketStream<linger::Tapped<TokioIo<hyper::upgrade::Upgraded>>>;
+type Socket<S = Upgraded> = WebSocketStream<linger::Tapped<S>>;
 
 /// True when the request asks for a WebSocket (`Upgrade: websocket`); other GETs get 426.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -95,14 +111,6 @@ pub async fn upgrade(state: AppState, req: Request) -> Response {
     };
     let limits = state.limits;
     let limit = limits.max_message_bytes;
-    let session = Session {
-        service: state.service,
-        enrollment: parts.extensions.get::<Arc<Enrollment>>().cloned(),
-        limits,
-        in_flight: state.in_flight,
-        phase: state.ws.phase(),
-    };
-    let abort = state.ws.phase();
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         // replies are written and flushed one by one, so nothing waits in a write buffer
@@ -113,18 +121,16 @@ pub async fn upgrade(state: AppState, req: Request) -> Response {
         // tungstenite refuses a longer frame from its header, before allocating for it
         .max_message_size(Some(limit.saturating_add(1)))
         .max_frame_size(Some(limit.saturating_add(1)));
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket upgrade failed");
-                return;
-            }
-        };
-        let io = linger::Tapped::new(TokioIo::new(upgraded));
-        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        session.run(socket, slot, abort).await;
-    });
+    let session = Session {
+        service: state.service,
+        enrollment: parts.extensions.get::<Arc<Enrollment>>().cloned(),
+        limits,
+        config,
+        in_flight: state.in_flight,
+        phase: state.ws.phase(),
+    };
+    let abort = state.ws.phase();
+    tokio::spawn(session.start(on_upgrade, slot, abort));
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -161,8 +167,127 @@ fn refuse(reason: &'static str) -> Response {
 }
 
 /// One message being processed, yielding its framed reply. Boxed: `FuturesOrdered` allocates
-/// a stub task sized like its future up front, which an idle session would otherwise carry.
+/// a stub task sized like its future up front.
 type Answer = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
+/// A session's connection. While messages flow it is tungstenite's socket; once the session is
+/// idle and tungstenite holds no data, it is parked: only the bare stream is kept, tungstenite
+/// (its read buffer, [`READ_BUFFER_BYTES`] or as large as the largest message read, its write
+/// buffer, its waker handles) is dropped, and built again over the stream when the client
+/// sends its next bytes. Nothing of the protocol is lost: a parked connection is between whole
+/// messages, with nothing half read or unsent (see [`linger::Tapped::quiet`]).
+enum Link<S = Upgraded> {
+    /// Boxed: inline, the socket would size every session's future, parked or not.
+    Active(Box<Socket<S>>),
+    Parked(linger::Tapped<S>),
+    /// Only while switching between the two (never seen across an await).
+    Gone,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
+    /// The next message from the client, `None` once the connection is gone. With `may_park`
+    /// (the session is idle), a connection with nothing to read is parked until the client
+    /// sends again. Cancel-safe, like tungstenite's `next` and tokio's `read` it awaits.
+    async fn next(
+        &mut self,
+        config: WebSocketConfig,
+        may_park: bool,
+    ) -> Option<Result<Message, tungstenite::Error>> {
+        if let Self::Active(socket) = self {
+            match futures::poll!(socket.next()) {
+                Poll::Ready(item) => return item,
+                // pending: tungstenite handed out every whole frame it had read and sent what
+                // it owed (a pong); with no partial frame or unsent byte seen by the tap
+                // either, its buffers are empty
+                Poll::Pending if may_park && socket.get_ref().quiet() => self.park(),
+                Poll::Pending => return socket.next().await,
+            }
+        }
+        let Self::Parked(io) = self else { return None };
+        let mut head = [0u8; WAKE_BYTES];
+        let read = match io.read(&mut head).await {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) => return Some(Err(e.into())),
+        };
+        self.active(&head[..read], config).await?.next().await
+    }
+
+    fn park(&mut self) {
+        if let Self::Active(socket) = std::mem::replace(self, Self::Gone) {
+            *self = Self::Parked((*socket).into_inner());
+        }
+    }
+
+    /// tungstenite's socket, built again over a parked stream (`head`: the bytes already read
+    /// from it); `None` when the connection is gone.
+    async fn active(&mut self, head: &[u8], config: WebSocketConfig) -> Option<&mut Socket<S>> {
+        if let Self::Parked(_) = self
+            && let Self::Parked(io) = std::mem::replace(self, Self::Gone)
+        {
+            // ready at its first poll: building the socket does no I/O
+            let socket =
+                WebSocketStream::from_partially_read(io, head.to_vec(), Role::Server, Some(config))
+                    .await;
+            *self = Self::Active(Box::new(socket));
+        }
+        match self {
+            Self::Active(socket) => Some(&mut **socket),
+            Self::Parked(_) | Self::Gone => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn is_parked(&self) -> bool {
+        matches!(self, Self::Parked(_))
+    }
+}
+
+/// The messages of a session being processed, in arrival order: created with the first and
+/// dropped with the last, so an idle session holds none of it.
+#[derive(Default)]
+struct Pipeline(Option<Flight>);
+
+struct Flight {
+    answers: FuturesOrdered<Answer>,
+    /// instance_uid of each answer, in the same order
+    uids: VecDeque<Bytes>,
+}
+
+impl Pipeline {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |f| f.uids.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// True while a message of agent `uid` is being processed.
+    fn holds(&self, uid: &Bytes) -> bool {
+        self.0.as_ref().is_some_and(|f| f.uids.contains(uid))
+    }
+
+    fn push(&mut self, uid: Bytes, answer: Answer) {
+        let flight = self.0.get_or_insert_with(|| Flight {
+            answers: FuturesOrdered::new(),
+            uids: VecDeque::new(),
+        });
+        flight.uids.push_back(uid);
+        flight.answers.push_back(answer);
+    }
+
+    /// The next reply in arrival order (`None` when empty). Cancel-safe.
+    async fn next(&mut self) -> Option<Bytes> {
+        let flight = self.0.as_mut()?;
+        let frame = flight.answers.next().await?;
+        flight.uids.pop_front();
+        if flight.uids.is_empty() {
+            self.0 = None;
+        }
+        Some(frame)
+    }
+}
 
 /// One upgraded connection. Holds handles only; agents' state lives in the store.
 struct Session {
@@ -171,6 +296,8 @@ struct Session {
     /// session (`None` without agent authentication).
     enrollment: Option<Arc<Enrollment>>,
     limits: Limits,
+    /// tungstenite's settings, for every time the connection is unparked.
+    config: WebSocketConfig,
     in_flight: Arc<Semaphore>,
     phase: watch::Receiver<Phase>,
 }
@@ -197,10 +324,30 @@ enum Incoming {
 }
 
 impl Session {
+    /// The session's task: waits for the upgrade to complete, then runs the session. Its future
+    /// is what every idle session keeps (see the `session_task_is_small` test).
+    async fn start(
+        self,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        slot: OwnedSemaphorePermit,
+        abort: watch::Receiver<Phase>,
+    ) {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        // parked from the start: tungstenite is built when the client's first bytes arrive
+        let link = Link::Parked(linger::Tapped::new(TokioIo::new(upgraded)));
+        self.run(link, slot, abort).await;
+    }
+
     /// Runs the session until it ends or the grace period is over (`abort`), whichever first.
     async fn run(
         mut self,
-        mut socket: Socket,
+        mut link: Link,
         _slot: OwnedSemaphorePermit,
         mut abort: watch::Receiver<Phase>,
     ) {
@@ -210,18 +357,25 @@ impl Session {
             () = until(&mut abort, |p| *p == Phase::Abort) => {
                 tracing::debug!("websocket session dropped at the end of the grace period");
             }
-            () = self.serve(&mut socket) => {}
+            () = self.serve(&mut link) => {}
         }
     }
 
-    async fn serve(&mut self, socket: &mut Socket) {
-        let end = self.exchange(socket).await;
+    async fn serve(&mut self, link: &mut Link) {
+        let end = self.exchange(link).await;
         tracing::debug!(end = ?end, "websocket session ending");
         match end {
-            End::Close(code, reason) => close(socket, code, reason).await,
+            End::Close(code, reason) => {
+                if let Some(socket) = link.active(&[], self.config).await {
+                    close(socket, code, reason).await;
+                }
+            }
             End::PeerClosed => {
-                // flushes the close echo tungstenite queued; the server then drops the tcp
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures::SinkExt::close(socket)).await;
+                if let Link::Active(socket) = link {
+                    // flushes the close echo tungstenite queued; the server then drops the tcp
+                    let _ =
+                        tokio::time::timeout(CLOSE_TIMEOUT, futures::SinkExt::close(socket)).await;
+                }
             }
             End::Broken => {}
         }
@@ -230,10 +384,8 @@ impl Session {
     /// The message loop: read, process in a bounded ordered pipeline, reply in order. Returns
     /// once it is closing and every message received has been processed (a message the peer
     /// sent before closing or vanishing is still applied; only its reply is lost).
-    async fn exchange(&mut self, socket: &mut Socket) -> End {
-        let mut pipeline = FuturesOrdered::new();
-        // instance_uid of each pipeline entry, in the same order
-        let mut uids: VecDeque<Bytes> = VecDeque::new();
+    async fn exchange(&mut self, link: &mut Link) -> End {
+        let mut pipeline = Pipeline::default();
         // a message waiting for an earlier one of the same agent to finish
         let mut blocked: Option<Box<AgentToServer>> = None;
         let mut closing: Option<End> = None;
@@ -248,40 +400,37 @@ impl Session {
                 return end;
             }
             let reading = closing.is_none() && blocked.is_none() && pipeline.len() < MAX_PIPELINE;
+            let may_park = reading && pipeline.is_empty();
             tokio::select! {
                 biased;
                 () = until(&mut self.phase, |p| *p != Phase::Open), if closing.is_none() => {
                     closing = Some(End::Close(CloseCode::Away, "server shutting down"));
                 }
                 Some(frame) = pipeline.next(), if !pipeline.is_empty() => {
-                    uids.pop_front();
                     // after the peer closed or vanished the message is applied, the reply dropped
                     if matches!(closing, None | Some(End::Close(..)))
-                        && let Err(why) = self.send(socket, frame).await
+                        && let Err(why) = self.send(link, frame).await
                     {
                         tracing::debug!(error = %why, "websocket reply not sent");
                         closing = Some(End::Broken);
                     }
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                    if let Some(msg) = blocked.take_if(|m| !uids.contains(&m.instance_uid)) {
-                        uids.push_back(msg.instance_uid.clone());
-                        pipeline.push_back(self.answer(Ok(msg)));
+                    if let Some(msg) = blocked.take_if(|m| !pipeline.holds(&m.instance_uid)) {
+                        pipeline.push(msg.instance_uid.clone(), self.answer(Ok(msg)));
                     }
                 }
-                incoming = socket.next(), if reading => {
+                incoming = link.next(self.config, may_park), if reading => {
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     match incoming {
                         Some(Ok(Message::Binary(data))) => match self.sort(data) {
-                            Incoming::Message(msg) if uids.contains(&msg.instance_uid) => {
+                            Incoming::Message(msg) if pipeline.holds(&msg.instance_uid) => {
                                 blocked = Some(msg);
                             }
                             Incoming::Message(msg) => {
-                                uids.push_back(msg.instance_uid.clone());
-                                pipeline.push_back(self.answer(Ok(msg)));
+                                pipeline.push(msg.instance_uid.clone(), self.answer(Ok(msg)));
                             }
                             Incoming::Invalid(err) => {
-                                uids.push_back(Bytes::new());
-                                pipeline.push_back(self.answer(Err(err)));
+                                pipeline.push(Bytes::new(), self.answer(Err(err)));
                             }
                             Incoming::TooLarge => {
                                 record(Outcome::TooLarge, None);
@@ -371,7 +520,11 @@ impl Session {
 
     /// Sends one reply, bounded by the request timeout so a peer that stops reading cannot
     /// hold the session (and its pipeline) forever.
-    async fn send(&self, socket: &mut Socket, frame: Bytes) -> Result<(), String> {
+    async fn send(&self, link: &mut Link, frame: Bytes) -> Result<(), String> {
+        // never parked with a message in the pipeline; built again here all the same
+        let Some(socket) = link.active(&[], self.config).await else {
+            return Err("connection gone".into());
+        };
         match tokio::time::timeout(self.limits.request_timeout, socket.send(Message::Binary(frame)))
             .await
         {
@@ -423,6 +576,135 @@ fn is_too_large(err: &tungstenite::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, F: Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    #[test]
+    fn session_task_is_small() {
+        // every idle session keeps its task (this future, in a task cell) and the bare stream;
+        // tungstenite and the pipeline exist only while messages flow
+        let task = future_size(Session::start);
+        eprintln!("session task future: {task} bytes, link {} bytes", size_of::<Link>());
+        assert!(task <= 4096, "session task future of {task} bytes");
+    }
+
+    mod link {
+        use tokio::io::{AsyncWriteExt, DuplexStream, duplex};
+
+        use super::*;
+
+        fn config() -> WebSocketConfig {
+            WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)
+        }
+
+        /// A server link, parked as a new session starts, and the raw client end.
+        fn raw_pair() -> (Link<DuplexStream>, DuplexStream) {
+            let (server, client) = duplex(1 << 16);
+            (Link::Parked(linger::Tapped::new(server)), client)
+        }
+
+        /// The next message (parking allowed), or `None` when nothing came for a while: time
+        /// enough to park, and the read is cancelled as a session's `select!` does.
+        async fn next(link: &mut Link<DuplexStream>) -> Option<Message> {
+            match tokio::time::timeout(Duration::from_millis(50), link.next(config(), true)).await {
+                Ok(Some(Ok(msg))) => Some(msg),
+                Ok(ended) => panic!("link ended: {ended:?}"),
+                Err(_) => None,
+            }
+        }
+
+        /// A masked client frame: `first` is FIN and opcode.
+        fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+            let mask = [1, 2, 3, 4];
+            let mut frame = vec![first];
+            match u8::try_from(payload.len()) {
+                Ok(n) if n < 126 => frame.push(0x80 | n),
+                _ => {
+                    frame.push(0x80 | 126);
+                    frame.extend(u16::try_from(payload.len()).unwrap().to_be_bytes());
+                }
+            }
+            frame.extend(mask);
+            frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+            frame
+        }
+
+        #[tokio::test]
+        async fn a_link_parks_between_messages_and_loses_none() {
+            let (mut link, client) = raw_pair();
+            let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+            assert!(link.is_parked(), "parked before the first byte");
+            client.send(Message::binary(vec![1; 10])).await.unwrap();
+            assert_eq!(next(&mut link).await, Some(Message::binary(vec![1; 10])));
+            assert!(!link.is_parked(), "active while a message is handled");
+            assert_eq!(next(&mut link).await, None);
+            assert!(link.is_parked(), "parked once idle");
+
+            // several messages in one write: one longer than the wake read and the read
+            // buffer, and a ping, whose pong goes out before the link parks again
+            let big = vec![2; 3 * READ_BUFFER_BYTES];
+            let sent = [
+                Message::binary(vec![3; 5]),
+                Message::binary(big),
+                Message::Ping(Bytes::from_static(b"p")),
+                Message::binary(vec![4; 100]),
+            ];
+            for msg in &sent {
+                client.feed(msg.clone()).await.unwrap();
+            }
+            client.flush().await.unwrap();
+            for msg in &sent {
+                assert_eq!(next(&mut link).await.as_ref(), Some(msg));
+            }
+            assert_eq!(next(&mut link).await, None);
+            assert!(link.is_parked());
+            assert_eq!(
+                client.next().await.unwrap().unwrap(),
+                Message::Pong(Bytes::from_static(b"p"))
+            );
+
+            // a parked link still sends (a reply, a close)
+            let socket = link.active(&[], config()).await.unwrap();
+            socket.send(Message::binary(vec![5])).await.unwrap();
+            assert_eq!(client.next().await.unwrap().unwrap(), Message::binary(vec![5]));
+        }
+
+        #[tokio::test]
+        async fn a_link_never_parks_inside_a_frame_or_a_fragmented_message() {
+            let (mut link, mut raw) = raw_pair();
+            let whole = masked(0x82, &[7; 300]);
+            raw.write_all(&whole[..100]).await.unwrap();
+            assert_eq!(next(&mut link).await, None);
+            assert!(!link.is_parked(), "a frame is half read");
+            raw.write_all(&whole[100..]).await.unwrap();
+            assert_eq!(next(&mut link).await, Some(Message::binary(vec![7; 300])));
+
+            // binary without FIN, a ping, the last fragment
+            raw.write_all(&masked(0x02, &[8; 10])).await.unwrap();
+            assert_eq!(next(&mut link).await, None);
+            assert!(!link.is_parked(), "a message is half read");
+            raw.write_all(&masked(0x89, b"x")).await.unwrap();
+            assert_eq!(next(&mut link).await, Some(Message::Ping(Bytes::from_static(b"x"))));
+            assert_eq!(next(&mut link).await, None);
+            assert!(!link.is_parked(), "a message is still half read");
+            raw.write_all(&masked(0x80, &[9; 5])).await.unwrap();
+            let mut whole_message = vec![8; 10];
+            whole_message.extend([9; 5]);
+            assert_eq!(next(&mut link).await, Some(Message::binary(whole_message)));
+            assert_eq!(next(&mut link).await, None);
+            assert!(link.is_parked());
+        }
+
+        #[tokio::test]
+        async fn a_parked_link_ends_when_the_peer_hangs_up() {
+            let (mut link, raw) = raw_pair();
+            drop(raw);
+            assert!(link.next(config(), true).await.is_none());
+        }
+    }
 
     #[test]
     fn upgrade_header_is_matched_case_insensitively() {

@@ -8,6 +8,10 @@
 //! keeps no position. So [`Tapped`] follows the client's frame boundaries in every byte read from
 //! the socket (headers only, keeping no payload), and [`linger`] carries on from there on the raw
 //! stream. Must not buffer what it skips: one small read buffer, whatever the client sends.
+//!
+//! The same tracking tells the session when tungstenite holds nothing (no partial frame, no
+//! unfinished fragmented message, no unsent bytes): only then may an idle session drop
+//! tungstenite's buffers and keep the bare stream ([`Tapped::quiet`]).
 
 use std::io;
 use std::pin::Pin;
@@ -16,8 +20,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-/// The close opcode (RFC 6455 section 5.5.1).
+/// The close opcode (RFC 6455 section 5.5.1); control opcodes are 0x8 and above.
 const OP_CLOSE: u8 = 0x8;
+/// The FIN bit of a frame's first byte: the last frame of a message.
+const FIN: u8 = 0x80;
 /// The longest frame header: 2 bytes, a 64-bit length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
 /// The read buffer of the linger, allocated only while lingering.
@@ -33,6 +39,10 @@ struct Frames {
     payload_left: u64,
     /// The current frame is a close frame.
     in_close: bool,
+    /// The current frame is a data frame (not a control frame) and ends its message.
+    data_fin: Option<bool>,
+    /// A fragmented message has begun and its last frame has not been read.
+    in_fragment: bool,
     /// A whole close frame has been read: the client sends nothing after it.
     peer_closed: bool,
 }
@@ -56,6 +66,7 @@ impl Frames {
             if let Some((opcode, len)) = parse_header(&self.header[..self.header_len]) {
                 self.header_len = 0;
                 self.in_close = opcode == OP_CLOSE;
+                self.data_fin = (opcode < OP_CLOSE).then_some(self.header[0] & FIN != 0);
                 self.payload_left = len;
                 if len == 0 {
                     self.frame_done();
@@ -68,6 +79,14 @@ impl Frames {
         if self.in_close {
             self.peer_closed = true;
         }
+        if let Some(fin) = self.data_fin {
+            self.in_fragment = !fin;
+        }
+    }
+
+    /// Every byte read so far belongs to whole frames, and no message is half read.
+    fn at_rest(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0 && !self.in_fragment
     }
 }
 
@@ -96,11 +115,21 @@ fn parse_header(h: &[u8]) -> Option<(u8, u64)> {
 pub(super) struct Tapped<S> {
     inner: S,
     frames: Frames,
+    /// The last write or flush could not complete: the writer holds unsent bytes.
+    write_pending: bool,
 }
 
 impl<S> Tapped<S> {
     pub(super) fn new(inner: S) -> Self {
-        Self { inner, frames: Frames::default() }
+        Self { inner, frames: Frames::default(), write_pending: false }
+    }
+
+    /// True when whoever reads and writes through this stream holds no data of it: every byte
+    /// read belongs to whole frames, no fragmented message is half read, and the last write
+    /// completed. A reader that also has no complete frame left to hand out (tungstenite once
+    /// its read returned pending) then holds nothing but empty buffers.
+    pub(super) fn quiet(&self) -> bool {
+        self.frames.at_rest() && !self.write_pending
     }
 
     /// True once the client's close frame has been read in full (by tungstenite or the linger).
@@ -131,7 +160,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.write_pending = polled.is_pending();
+        polled
     }
 
     fn poll_write_vectored(
@@ -139,7 +171,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.write_pending = polled.is_pending();
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -147,7 +182,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.write_pending = polled.is_pending();
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -256,6 +294,40 @@ mod tests {
         let mut frames = Frames::default();
         frames.feed(&frame(OP_CLOSE, 0));
         assert!(frames.peer_closed);
+    }
+
+    /// A masked client frame with `opcode` and a payload of `len` bytes, FIN set or not.
+    fn fragment(opcode: u8, len: usize, fin: bool) -> Vec<u8> {
+        let mut f = frame(opcode, len);
+        if !fin {
+            f[0] &= !FIN;
+        }
+        f
+    }
+
+    #[test]
+    fn at_rest_only_between_whole_messages() {
+        let mut frames = Frames::default();
+        assert!(frames.at_rest(), "nothing read yet");
+        let whole = frame(0x2, 300);
+        frames.feed(&whole[..1]);
+        assert!(!frames.at_rest(), "half a header");
+        frames.feed(&whole[1..10]);
+        assert!(!frames.at_rest(), "header read, payload to come");
+        frames.feed(&whole[10..]);
+        assert!(frames.at_rest(), "one whole message");
+
+        // a fragmented message, with a ping between its frames
+        frames.feed(&fragment(0x2, 10, false));
+        assert!(!frames.at_rest(), "first fragment only");
+        frames.feed(&frame(0x9, 0));
+        assert!(!frames.at_rest(), "a control frame does not end the message");
+        frames.feed(&fragment(0x0, 0, false));
+        assert!(!frames.at_rest(), "an empty middle fragment");
+        frames.feed(&fragment(0x0, 5, true));
+        assert!(frames.at_rest(), "the last fragment ends it");
+        frames.feed(&frame(0xA, 4));
+        assert!(frames.at_rest(), "a whole pong");
     }
 
     #[test]
