@@ -112,6 +112,11 @@ download() {
 }
 
 install() {
+  mkdir -p "$CACHE"
+  # two callers at once (a test run and a bench, say) must not download or unpack over each other:
+  # the second waits for the first, then finds the tree in place
+  exec 8>"$CACHE/install.lock"
+  flock 8
   download
   if [ ! -x "$HOME_DIR/bin/elasticsearch" ]; then
     log "unpacking"
@@ -121,6 +126,8 @@ install() {
     mv "$HOME_DIR.partial" "$HOME_DIR"
   fi
   id -u "$ES_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$ES_USER"
+  flock -u 8
+  exec 8>&-
 }
 
 # curl against this node; the secured node gets the elastic password through a config on stdin, so it
