@@ -415,6 +415,25 @@ RSS=$(
   } | jq -Rn '[inputs | split(" ") | { key: .[0], value: (.[1] | tonumber) }] | from_entries'
 )
 for i in "${!PIDS[@]}"; do opampd_metrics "$i" "$(admin_url "$i")"; done
+# Each instance's own counters since it started (enrollment included) from its /metrics: the
+# read cache (hits, misses, entries, the weight --cache-max-bytes is held against), what a miss
+# cost (GETs, _mget requests and ids), the writes and their CAS conflicts; and its RSS per
+# cached agent.
+OPAMPD_STATS=$(
+  for i in "${!PIDS[@]}"; do
+    awk -v name="opampd-$i" -v rss_kb="$(jq -r --arg k "opampd-$i" '.[$k]' <<<"$RSS")" '
+      function v(k) { return (k in m) ? m[k] : "null" }
+      !/^#/ && NF == 2 { m[$1] = $2 }
+      END {
+        e = v("opampd_cache_entries")
+        printf "{\"key\":\"%s\",\"value\":{\"cache_hits\":%s,\"cache_misses\":%s,\"cache_entries\":%s,", name, v("opampd_cache_hits_total"), v("opampd_cache_misses_total"), e
+        printf "\"cache_weighted_bytes\":%s,\"es_get_requests\":%s,\"es_mget_requests\":%s,\"es_mget_ids\":%s,", v("opampd_cache_weighted_bytes"), v("opampd_es_get_requests_total"), v("opampd_es_mget_requests_total"), v("opampd_es_mget_size_sum")
+        printf "\"es_bulk_items\":%s,\"es_conflicts\":%s,", v("opampd_es_bulk_items_total"), v("opampd_es_conflicts_total")
+        printf "\"rss_bytes_per_cached_agent\":%s}}\n", (e != "null" && e > 0 && rss_kb > 0) ? sprintf("%.0f", rss_kb * 1024 / e) : "null"
+      }' "$BENCH_OUT/metrics-$i.txt" 2>/dev/null || true
+  done | jq -s 'from_entries'
+) || OPAMPD_STATS=null
+[ -n "$OPAMPD_STATS" ] || OPAMPD_STATS=null
 NGINX_LOG_LINES=$(grep -c -E '\[(warn|error|crit|alert|emerg)\]' "$NG/error.log" 2>/dev/null || true)
 curl -fsS --max-time 60 -X POST "$ES/$STATS_INDICES/_refresh?ignore_unavailable=true" >/dev/null || true
 # bytes per agent: both indices' store over the agent documents
@@ -468,6 +487,7 @@ CEILING=$(jq -c --argjson t0 "$CEIL_T0" --argjson t1 "$CEIL_T1" --argjson e0 "$C
 
 jq -n --slurpfile lt "$LT" --slurpfile s0 "$BENCH_OUT/snap-start.json" --slurpfile s1 "$BENCH_OUT/snap-end.json" \
   --argjson ceiling "$CEILING" --argjson rss "$RSS" --argjson size "${SIZE:-null}" --argjson hz "$HZ" \
+  --argjson opampd_stats "$OPAMPD_STATS" \
   --argjson p99_target "$CLUSTER_P99_MS" --argjson lt_rc "$LT_RC" --argjson nginx_workers "$NGINX_WORKERS" \
   --argjson nginx_log_lines "${NGINX_LOG_LINES:-0}" \
   --arg commit "$BENCH_COMMIT" --arg load0 "$LOAD_AT_START" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
@@ -533,6 +553,7 @@ jq -n --slurpfile lt "$LT" --slurpfile s0 "$BENCH_OUT/snap-start.json" --slurpfi
       es_us_ratio_msg_to_ceiling_item: (if $es_us != null and ($ceiling.es_us_per_item // 0) > 0
         then ($es_us / $ceiling.es_us_per_item | r3) else null end),
       index_size: $size, rss_mb: ($rss | with_entries(.value = (.value / 1024 | r1))),
+      opampd: $opampd_stats,
       out: $out,
       passed: ($r.errors == 0 and $r.false_full_state == 0 and $r.missed_full_state == 0) }' \
   >"$BENCH_OUT/summary.json"

@@ -59,6 +59,10 @@ pub struct CachedStore<S> {
     inner: S,
     cache: Cache<InstanceUid, Versioned>,
     counters: Counters,
+    /// `opampd_cache_entries` and `opampd_cache_weighted_bytes`: set after each insert (two
+    /// atomic stores through held handles, no registry lookup per message).
+    entries: metrics::Gauge,
+    weighted_bytes: metrics::Gauge,
 }
 
 #[derive(Debug, Default)]
@@ -109,7 +113,13 @@ impl<S: AgentStore> CachedStore<S> {
             .weigher(|_, v: &Versioned| weight(&v.record))
             .time_to_live(config.ttl)
             .build();
-        Self { inner, cache, counters: Counters::default() }
+        Self {
+            inner,
+            cache,
+            counters: Counters::default(),
+            entries: metrics::gauge!(crate::metrics::CACHE_ENTRIES),
+            weighted_bytes: metrics::gauge!(crate::metrics::CACHE_WEIGHTED_BYTES),
+        }
     }
 
     /// Caches `fresh` unless the cache already holds a later version: a read that raced with a
@@ -125,6 +135,9 @@ impl<S: AgentStore> CachedStore<S> {
                 std::future::ready(op)
             })
             .await;
+        // moka's counts lag its pending housekeeping a little: good enough for a gauge
+        self.entries.set(self.cache.entry_count() as f64);
+        self.weighted_bytes.set(self.cache.weighted_size() as f64);
     }
 }
 

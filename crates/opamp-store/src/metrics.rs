@@ -9,6 +9,8 @@ use metrics::Unit;
 
 pub const CACHE_HITS_TOTAL: &str = "opampd_cache_hits_total";
 pub const CACHE_MISSES_TOTAL: &str = "opampd_cache_misses_total";
+pub const CACHE_ENTRIES: &str = "opampd_cache_entries";
+pub const CACHE_WEIGHTED_BYTES: &str = "opampd_cache_weighted_bytes";
 
 pub const STORE_OVERLOADED_TOTAL: &str = "opampd_store_overloaded_total";
 pub const STORE_COMMITS_TOTAL: &str = "opampd_store_commits_total";
@@ -61,6 +63,10 @@ const fn counter(name: &'static str, help: &'static str) -> Metric {
     Metric { name, kind: Kind::Counter, help }
 }
 
+const fn gauge(name: &'static str, help: &'static str) -> Metric {
+    Metric { name, kind: Kind::Gauge, help }
+}
+
 const fn histogram(name: &'static str, unit: Option<Unit>, help: &'static str) -> Metric {
     Metric { name, kind: Kind::Histogram(unit), help }
 }
@@ -69,6 +75,11 @@ const fn histogram(name: &'static str, unit: Option<Unit>, help: &'static str) -
 pub const ALL: &[Metric] = &[
     counter(CACHE_HITS_TOTAL, "agent reads answered by the read cache"),
     counter(CACHE_MISSES_TOTAL, "agent reads the read cache passed to the backend"),
+    gauge(CACHE_ENTRIES, "agent records held by the read cache (approximate, as of its last write)"),
+    gauge(
+        CACHE_WEIGHTED_BYTES,
+        "estimated bytes of the records held by the read cache, against --cache-max-bytes",
+    ),
     counter(STORE_OVERLOADED_TOTAL, "writes refused because the store's write queue was full"),
     counter(STORE_COMMITS_TOTAL, "write transactions committed by the embedded store"),
     histogram(STORE_BATCH_SIZE, None, "writes per embedded store commit"),
@@ -141,7 +152,7 @@ fn register_named(names: &[&str], labels: &[(&'static str, &'static str)]) {
 
 /// The read cache's series.
 pub(crate) fn register_cache() {
-    register_named(&[CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL], &[]);
+    register_named(&[CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL, CACHE_ENTRIES, CACHE_WEIGHTED_BYTES], &[]);
 }
 
 /// The embedded store's series.
