@@ -381,7 +381,7 @@ if [ "$CLUSTER_PERF_SECS" -gt 0 ]; then
   # a CPU profile of instance 1 in the second half of the window (after the enrollment wave)
   until_ms $((LT_T0 + END_MS - CLUSTER_PERF_SECS * 1000 - 5000)) "$LOADTEST_PID" || true
   log "profiling opampd-1 for ${CLUSTER_PERF_SECS}s (perf, $BENCH_OUT/perf.data)"
-  perf record -e cpu-clock -F 499 --call-graph dwarf,32768 -p "${PIDS[0]}" -o "$BENCH_OUT/perf.data" \
+  perf record -e cpu-clock -F 499 --call-graph dwarf,32768 -p "${PIDS[1]}" -o "$BENCH_OUT/perf.data" \
     -- sleep "$CLUSTER_PERF_SECS" >"$BENCH_OUT/perf-record.log" 2>&1 &
   PERF_PID=$!
 fi
