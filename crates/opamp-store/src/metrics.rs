@@ -75,7 +75,10 @@ const fn histogram(name: &'static str, unit: Option<Unit>, help: &'static str) -
 pub const ALL: &[Metric] = &[
     counter(CACHE_HITS_TOTAL, "agent reads answered by the read cache"),
     counter(CACHE_MISSES_TOTAL, "agent reads the read cache passed to the backend"),
-    gauge(CACHE_ENTRIES, "agent records held by the read cache (approximate, as of its last write)"),
+    gauge(
+        CACHE_ENTRIES,
+        "agent records held by the read cache (approximate, as of its last write)",
+    ),
     gauge(
         CACHE_WEIGHTED_BYTES,
         "estimated bytes of the records held by the read cache, against --cache-max-bytes",
@@ -152,7 +155,10 @@ fn register_named(names: &[&str], labels: &[(&'static str, &'static str)]) {
 
 /// The read cache's series.
 pub(crate) fn register_cache() {
-    register_named(&[CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL, CACHE_ENTRIES, CACHE_WEIGHTED_BYTES], &[]);
+    register_named(
+        &[CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL, CACHE_ENTRIES, CACHE_WEIGHTED_BYTES],
+        &[],
+    );
 }
 
 /// The embedded store's series.

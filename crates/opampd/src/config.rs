@@ -249,6 +249,12 @@ pub struct Cli {
     /// Log output format.
     #[arg(long, env = "OPAMPD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Threads running requests (default: one per CPU). Lower it when several instances (or
+    /// Elasticsearch) share the machine's CPUs: threads waking each other for every message
+    /// then cost more than they run in parallel.
+    #[arg(long, env = "OPAMPD_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 impl fmt::Debug for Cli {
@@ -397,7 +403,12 @@ pub struct Config {
     pub max_ws_sessions: u32,
     pub ws_idle_timeout: Duration,
     pub log_format: LogFormat,
+    /// Threads of the request runtime; `None`: one per CPU.
+    pub worker_threads: Option<usize>,
 }
+
+/// Most `--worker-threads` accepted (a typo like 10000 would otherwise start that many threads).
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 impl Config {
     /// The command line defaults for a server on the embedded store in `data_dir` (tests,
@@ -449,6 +460,11 @@ impl Cli {
         }
         if self.offline_after.0.is_zero() {
             return Err(invalid("--offline-after must be positive"));
+        }
+        if self.worker_threads.is_some_and(|n| n == 0 || n > MAX_WORKER_THREADS) {
+            return Err(invalid(format!(
+                "--worker-threads must be between 1 and {MAX_WORKER_THREADS}"
+            )));
         }
         if self.es_checkin_interval.0 >= self.offline_after.0 {
             // the agent document would show a live agent offline between two publications
@@ -509,6 +525,7 @@ impl Cli {
             max_ws_sessions: self.max_ws_sessions,
             ws_idle_timeout: self.ws_idle_timeout.0,
             log_format: self.log_format,
+            worker_threads: self.worker_threads,
         })
     }
 
