@@ -390,10 +390,14 @@ snapshot end
 if [ -n "$PERF_PID" ]; then
   wait "$PERF_PID" || log "perf record failed: $(tail -n 2 "$BENCH_OUT/perf-record.log")"
   # self time (flat) and time with children (the flame graph's widest frames)
-  perf report -i "$BENCH_OUT/perf.data" --stdio --no-children --sort symbol --percent-limit 1 \
-    2>/dev/null | grep -v '^$' | grep -v '^#' | grep '%' | head -40 >"$BENCH_OUT/perf-self.txt" || true
-  perf report -i "$BENCH_OUT/perf.data" --stdio --children --sort symbol --percent-limit 4 -g none \
-    2>/dev/null | grep -v '^$' | grep -v '^#' | grep '%' | head -60 >"$BENCH_OUT/perf-children.txt" || true
+  perf report -i "$BENCH_OUT/perf.data" --stdio --no-children --sort symbol --percent-limit 0.5 -g none \
+    2>/dev/null | grep '%' | cut -c1-160 | head -40 >"$BENCH_OUT/perf-self.txt" || true
+  # with children: the project's own frames and the libraries doing its work (the runtime's
+  # and the server framework's frames above them cover everything and say nothing)
+  perf report -i "$BENCH_OUT/perf.data" --stdio --children --sort symbol --percent-limit 0.5 -g none \
+    2>/dev/null | grep '%' | grep -v '(inlined)' \
+    | grep -E 'opamp|moka|serde|prost|base64|elasticsearch|reqwest|tungstenite|mi_|sys_(sendto|recvfrom|write|read|epoll|futex)' \
+    | cut -c1-160 | head -50 >"$BENCH_OUT/perf-children.txt" || true
 fi
 wait "$LOADTEST_PID" && LT_RC=0 || LT_RC=$?
 LOADTEST_PID=

@@ -95,6 +95,9 @@ build() {
     src=$BENCH_OUT/src
     rm -rf "$src"; mkdir -p "$src"
     git -C "$ROOT" archive "${BENCH_REF:-HEAD}" | tar -x -C "$src"
+    # the archive's files carry the commit's time: older than the artifacts of a later
+    # commit's build in a shared CARGO_TARGET_DIR, cargo would take them as up to date
+    find "$src" -type f -exec touch {} +
   else
     BENCH_COMMIT="$BENCH_COMMIT+worktree"
   fi
