@@ -831,6 +831,10 @@ mod tests {
     fn bad_values_are_rejected_with_the_flag_named() {
         assert!(rejected(&["--max-message-bytes", "10"]).contains("--max-message-bytes"));
         assert!(rejected(&["--max-in-flight", "0"]).contains("--max-in-flight"));
+        assert!(rejected(&["--worker-threads", "0"]).contains("--worker-threads"));
+        assert!(rejected(&["--worker-threads", "1025"]).contains("--worker-threads"));
+        assert_eq!(config(&["--worker-threads", "1"]).unwrap().worker_threads, Some(1));
+        assert_eq!(config(&[]).unwrap().worker_threads, None);
         assert!(rejected(&["--idle-timeout", "30s"]).contains("--idle-timeout"));
         assert!(rejected(&["--offline-after", "0s"]).contains("--offline-after"));
         assert!(rejected(&["--request-timeout", "0s"]).contains("--request-timeout"));
