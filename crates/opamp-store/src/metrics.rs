@@ -22,6 +22,7 @@ pub const ES_BULK_REQUESTS_TOTAL: &str = "opampd_es_bulk_requests_total";
 pub const ES_BULK_ITEMS_TOTAL: &str = "opampd_es_bulk_items_total";
 pub const ES_BULK_SIZE: &str = "opampd_es_bulk_size";
 pub const ES_BULK_DURATION_SECONDS: &str = "opampd_es_bulk_duration_seconds";
+pub const ES_BULK_WAIT_SECONDS: &str = "opampd_es_bulk_wait_seconds";
 pub const ES_CONFLICTS_TOTAL: &str = "opampd_es_conflicts_total";
 pub const ES_GET_REQUESTS_TOTAL: &str = "opampd_es_get_requests_total";
 pub const ES_MGET_REQUESTS_TOTAL: &str = "opampd_es_mget_requests_total";
@@ -92,6 +93,11 @@ pub const ALL: &[Metric] = &[
     counter(ES_BULK_ITEMS_TOTAL, "write items sent in _bulk requests"),
     histogram(ES_BULK_SIZE, None, "items per _bulk request"),
     histogram(ES_BULK_DURATION_SECONDS, Some(Unit::Seconds), "time of one _bulk request"),
+    gauge(
+        ES_BULK_WAIT_SECONDS,
+        "how long a write now waits for others to share its _bulk: adapted to how fast writes \
+         join an open batch, at most --es-bulk-max-wait",
+    ),
     counter(ES_CONFLICTS_TOTAL, "_bulk items answered 409 (a lost compare-and-swap race)"),
     counter(ES_GET_REQUESTS_TOTAL, "single realtime GET requests sent to elasticsearch"),
     counter(ES_MGET_REQUESTS_TOTAL, "realtime _mget requests sent to elasticsearch"),

@@ -169,8 +169,10 @@ pub struct Cli {
     #[arg(long, env = "OPAMPD_ES_BULK_MAX_ITEMS", default_value_t = es::DEFAULT_BULK_MAX_ITEMS)]
     pub es_bulk_max_items: usize,
 
-    /// Group commit: longest a write waits for others to share its `_bulk`, e.g. 5ms. Longer
-    /// gives bigger bulks (cheaper for Elasticsearch) at the cost of latency.
+    /// Group commit: longest a write waits for others to share its `_bulk`, e.g. 50ms. Below
+    /// it the wait adapts: as long as it takes to gather 64 writes at the rate writes are
+    /// arriving, 1ms when none would join. Longer gives bigger bulks (cheaper for
+    /// Elasticsearch) at the cost of latency.
     #[arg(long, env = "OPAMPD_ES_BULK_MAX_WAIT", default_value_t = Wait(es::DEFAULT_BULK_MAX_WAIT))]
     pub es_bulk_max_wait: Wait,
 
@@ -187,7 +189,8 @@ pub struct Cli {
     #[arg(long, env = "OPAMPD_ES_MGET_MAX_ITEMS", default_value_t = es::DEFAULT_MGET_MAX_ITEMS)]
     pub es_mget_max_items: usize,
 
-    /// Longest a cache-miss read waits for others to share its `_mget`, e.g. 1ms.
+    /// Longest a cache-miss read waits for others to share its `_mget`, e.g. 5ms; below it the
+    /// wait adapts to the rate of reads as `--es-bulk-max-wait` does (1ms when none would join).
     #[arg(long, env = "OPAMPD_ES_MGET_MAX_WAIT", default_value_t = Wait(es::DEFAULT_MGET_MAX_WAIT))]
     pub es_mget_max_wait: Wait,
 

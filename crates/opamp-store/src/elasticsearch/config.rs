@@ -34,11 +34,15 @@ pub const DEFAULT_ENROLLMENT_INDEX: &str = ".fleet-enrollment-api-keys";
 
 /// Group-commit and read-batching defaults, sized for a 2-core ES node.
 pub const DEFAULT_BULK_MAX_ITEMS: usize = 500;
-pub const DEFAULT_BULK_MAX_WAIT: Duration = Duration::from_millis(5);
+/// The longest a write waits for others to share its `_bulk`; how long it really waits adapts
+/// to the rate (see `writer::BulkWait`).
+pub const DEFAULT_BULK_MAX_WAIT: Duration = Duration::from_millis(50);
 pub const DEFAULT_BULKS_IN_FLIGHT: usize = 4;
 pub const DEFAULT_WRITE_QUEUE: usize = 20_000;
 pub const DEFAULT_MGET_MAX_ITEMS: usize = 256;
-pub const DEFAULT_MGET_MAX_WAIT: Duration = Duration::from_millis(1);
+/// The longest a cache-miss read waits for others to share its `_mget`; how long it really
+/// waits adapts to the rate of reads, as the bulk wait does.
+pub const DEFAULT_MGET_MAX_WAIT: Duration = Duration::from_millis(5);
 
 /// Upper bounds, checked by [`EsConfig::validate`].
 pub const MAX_BATCH_ITEMS: usize = 10_000;
@@ -133,7 +137,8 @@ pub struct EsConfig {
     pub ready_timeout: Duration,
     /// Most operations in one `_bulk` request.
     pub bulk_max_items: usize,
-    /// Longest a write waits for others to share its `_bulk` (group commit).
+    /// Longest a write waits for others to share its `_bulk` (group commit); the wait adapts
+    /// below it to how fast writes arrive.
     pub bulk_max_wait: Duration,
     /// `_bulk` requests in flight at once.
     pub bulks_in_flight: usize,

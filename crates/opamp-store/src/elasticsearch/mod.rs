@@ -9,6 +9,7 @@
 //! [`ConfigStore`](crate::ConfigStore): remote configs in their own index, rollout counts by
 //! one aggregation over the agents), `fleet` (the admin listing and counts: a search each).
 
+mod batch_wait;
 pub mod config;
 pub mod document;
 pub mod enrollment;
@@ -48,8 +49,17 @@ use crate::{AgentFilter, AgentStats, AgentStore, Precondition, StoreError, Versi
 pub struct ElasticsearchStore {
     shared: Arc<Shared>,
     writes: mpsc::Sender<writer::WriteOp>,
+    /// The agent documents' own group commit (see `writer`).
+    publications: mpsc::Sender<writer::WriteOp>,
     reads: mpsc::Sender<reader::ReadOp>,
 }
+
+/// Longest an agent document waits for others to share its `_bulk`: nobody waits for it (the
+/// agent was answered once its state record was written), so its batches may fill longer than
+/// the state records'; Kibana sees the change that much later at most.
+pub const PUBLISH_MAX_WAIT: Duration = Duration::from_millis(250);
+/// `_bulk` requests of agent documents in flight at once.
+const PUBLISH_BULKS_IN_FLIGHT: usize = 2;
 
 /// What the store and its batcher tasks share. Holds no sender, so tasks never keep the
 /// store's queues open.
@@ -179,6 +189,22 @@ impl ElasticsearchStore {
         let client = cfg.client()?;
         m::register_elasticsearch();
         let (write_tx, write_rx) = mpsc::channel(cfg.write_queue);
+        let (publish_tx, publish_rx) = mpsc::channel(cfg.write_queue);
+        let states = writer::Lane {
+            name: "state",
+            max_items: cfg.bulk_max_items,
+            target: batch_wait::TARGET_BATCH_ITEMS,
+            max_wait: cfg.bulk_max_wait,
+            in_flight: cfg.bulks_in_flight,
+        };
+        let publishes = writer::Lane {
+            name: "publish",
+            max_items: cfg.bulk_max_items,
+            // nobody waits: as full as the bulk may be, within the wait
+            target: cfg.bulk_max_items,
+            max_wait: PUBLISH_MAX_WAIT.max(cfg.bulk_max_wait),
+            in_flight: PUBLISH_BULKS_IN_FLIGHT.min(cfg.bulks_in_flight),
+        };
         let (read_tx, read_rx) = mpsc::channel(cfg.read_queue);
         let shared = Arc::new(Shared {
             config_index: cfg.config_index(),
@@ -198,10 +224,11 @@ impl ElasticsearchStore {
             outstanding: AtomicUsize::new(0),
             drained: Notify::new(),
         });
-        tokio::spawn(writer::run(shared.clone(), write_rx));
+        tokio::spawn(writer::run(shared.clone(), write_rx, states));
+        tokio::spawn(writer::run(shared.clone(), publish_rx, publishes));
         tokio::spawn(reader::run(shared.clone(), read_rx));
         tokio::spawn(set_up_early(Arc::downgrade(&shared)));
-        Ok(Self { shared, writes: write_tx, reads: read_tx })
+        Ok(Self { shared, writes: write_tx, publications: publish_tx, reads: read_tx })
     }
 
     /// [`new`](Self::new), then makes sure the index exists with opampd's mapping.
@@ -277,7 +304,7 @@ impl ElasticsearchStore {
             reply: None,
             _ticket: Ticket(self.shared.clone()),
         };
-        if let Err(err) = self.writes.try_send(op) {
+        if let Err(err) = self.publications.try_send(op) {
             let full = matches!(err, mpsc::error::TrySendError::Full(_));
             if full {
                 self.shared.stats.record_shed("publish");
@@ -712,7 +739,8 @@ impl AgentStore for ElasticsearchStore {
             }
         };
         // Every accepted write is answered within its own timeout; a little slack for the batch.
-        let bound = self.shared.cfg.request_timeout * 2 + self.shared.cfg.bulk_max_wait;
+        let bound = self.shared.cfg.request_timeout * 2
+            + self.shared.cfg.bulk_max_wait.max(PUBLISH_MAX_WAIT);
         tokio::time::timeout(bound, wait)
             .await
             .map_err(|_| StoreError::Unavailable("flush timed out".into()))

@@ -1,5 +1,6 @@
 //! Read batching: concurrent cache-miss reads share one realtime `_mget` (a lone read is a plain
-//! realtime `GET`), each document routed back to the callers that asked for it.
+//! realtime `GET`), each document routed back to the callers that asked for it. A batch waits
+//! for company as [`BatchWait`] says, up to `mget_max_wait`: only while reads are arriving.
 //!
 //! Reads are by `_id` only, realtime, so a read sees every acknowledged write without a refresh.
 //! Never a `_search` here. An agent is read from its state record; only an agent that has none
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
+use super::batch_wait::{BatchWait, TARGET_BATCH_ITEMS};
 use super::document::{self, READ_SOURCE_FIELDS};
 use super::{STATE_ABSENT, Shared, json_body, transport_error};
 use crate::{StoreError, Version, Versioned};
@@ -31,12 +33,15 @@ pub(super) struct ReadOp {
 pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadOp>) {
     let permits = Arc::new(Semaphore::new(shared.cfg.mgets_in_flight));
     let max_items = shared.cfg.mget_max_items;
+    let mut wait = BatchWait::new(shared.cfg.mget_max_wait, TARGET_BATCH_ITEMS.min(max_items));
     while let Some(first) = rx.recv().await {
-        let deadline = tokio::time::Instant::now() + shared.cfg.mget_max_wait;
+        let opened = tokio::time::Instant::now();
+        let deadline = opened + wait.current();
         // Waiting for a slot first lets the batch grow while ES is busy.
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let mut batch: HashMap<InstanceUid, Vec<oneshot::Sender<ReadResult>>> = HashMap::new();
         batch.entry(first.uid).or_default().push(first.reply);
+        let mut joined = 0;
         while batch.len() < max_items {
             let next = match rx.try_recv() {
                 Ok(op) => Some(op),
@@ -46,8 +51,10 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadOp>) {
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
             let Some(op) = next else { break };
+            joined += 1;
             batch.entry(op.uid).or_default().push(op.reply);
         }
+        wait.record(joined, opened.elapsed());
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;

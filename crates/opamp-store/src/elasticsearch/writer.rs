@@ -1,16 +1,21 @@
 //! Group commit: concurrent writes coalesced into `_bulk` requests, every item's outcome routed
 //! back to its caller.
 //!
-//! One dispatcher task owns the batch being filled; it never waits on Elasticsearch itself (each
-//! `_bulk` runs in its own task, at most `bulks_in_flight` at once). A document has at most one
-//! item per bulk and at most one bulk in flight, so two writes to one agent reach Elasticsearch
-//! in the order they were accepted. Everything the dispatcher holds is bounded. A bulk mixes
-//! state records (whose outcome goes back to the caller) and agent documents (published after
-//! their state record, whose outcome only counts: see `ElasticsearchStore::publish`).
+//! One dispatcher task per [`Lane`] owns the batch being filled; it never waits on Elasticsearch
+//! itself (each `_bulk` runs in its own task, at most the lane's `in_flight` at once). A document
+//! has at most one item per bulk and at most one bulk in flight, so two writes to one document
+//! reach Elasticsearch in the order they were accepted. Everything a dispatcher holds is
+//! bounded. Two lanes: the state records, whose outcome goes back to the caller waiting for it,
+//! and the agent documents (published after their state record, whose outcome only counts: see
+//! `ElasticsearchStore::publish`). Apart, each `_bulk` touches one index's shard (a shard-level
+//! bulk and a translog sync per index a request touches), and the publications, which nobody
+//! waits for, batch up longer.
+//!
+//! How long a batch waits for company adapts ([`BatchWait`]), up to the lane's `max_wait`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use elasticsearch::BulkParts;
@@ -19,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 use tracing::{debug, warn};
 
+use super::batch_wait::BatchWait;
 use super::{BLOCKED, Shared, Ticket, status_error, transport_error};
 use crate::metrics as m;
 use crate::{StoreError, Version};
@@ -35,6 +41,18 @@ const BULK_FILTER: &[&str] = &[
 ];
 
 pub(super) type WriteResult = Result<Version, StoreError>;
+
+/// One group commit's settings.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lane {
+    /// Names the lane in metrics (`lane` label).
+    pub name: &'static str,
+    pub max_items: usize,
+    /// Items a batch waits to gather while writes are arriving (at most `max_items`).
+    pub target: usize,
+    pub max_wait: Duration,
+    pub in_flight: usize,
+}
 
 /// One accepted write: its NDJSON lines (action and source) and where its outcome goes.
 pub(super) struct WriteOp {
@@ -55,6 +73,8 @@ struct Batch {
     ops: Vec<WriteOp>,
     ids: HashSet<Arc<str>>,
     started: Option<Instant>,
+    /// Writes that arrived while it was open (joined it or were deferred), for [`BatchWait`].
+    joined: usize,
 }
 
 impl Batch {
@@ -67,6 +87,7 @@ impl Batch {
     fn take(&mut self) -> Vec<WriteOp> {
         self.ids.clear();
         self.started = None;
+        self.joined = 0;
         std::mem::take(&mut self.ops)
     }
 }
@@ -82,14 +103,20 @@ struct Dispatcher {
     deferred_ids: HashMap<Arc<str>, usize>,
     busy: HashSet<Arc<str>>,
     in_flight: usize,
+    wait: BatchWait,
+    wait_gauge: metrics::Gauge,
+    max_items: usize,
 }
 
 impl Dispatcher {
     fn admit(&mut self, op: WriteOp) {
+        if self.batch.started.is_some() {
+            self.batch.joined += 1;
+        }
         let free = !self.busy.contains(&op.key)
             && !self.batch.ids.contains(&op.key)
             && !self.deferred_ids.contains_key(&op.key)
-            && self.batch.ops.len() < self.shared.cfg.bulk_max_items;
+            && self.batch.ops.len() < self.max_items;
         if free {
             self.batch.push(op);
         } else {
@@ -103,7 +130,7 @@ impl Dispatcher {
         if self.deferred.is_empty() {
             return;
         }
-        let max = self.shared.cfg.bulk_max_items;
+        let max = self.max_items;
         let mut blocked: HashSet<Arc<str>> = HashSet::new();
         let mut keep = VecDeque::with_capacity(self.deferred.len());
         for op in self.deferred.drain(..) {
@@ -133,30 +160,40 @@ impl Dispatcher {
 }
 
 /// Runs until every sender is dropped and every accepted write is answered.
-pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>) {
-    let max_in_flight = shared.cfg.bulks_in_flight;
-    let max_wait = shared.cfg.bulk_max_wait;
+pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>, lane: Lane) {
+    let max_in_flight = lane.in_flight;
+    let wait = BatchWait::new(lane.max_wait, lane.target.min(lane.max_items));
+    let wait_gauge = metrics::gauge!(m::ES_BULK_WAIT_SECONDS, "lane" => lane.name);
+    wait_gauge.set(wait.current().as_secs_f64());
     // Room for one full batch per bulk slot plus the one being filled; the channel behind it
     // is the real queue, so load beyond this is shed by `put`, not held here.
-    let hold_max = shared.cfg.bulk_max_items * (max_in_flight + 1);
+    let hold_max = lane.max_items * (max_in_flight + 1);
     // Each bulk task sends exactly one message, and at most `max_in_flight` run at once.
     let (done_tx, mut done_rx) = mpsc::channel::<Vec<Arc<str>>>(max_in_flight);
     let mut d = Dispatcher {
         shared,
-        batch: Batch { ops: Vec::new(), ids: HashSet::new(), started: None },
+        batch: Batch { ops: Vec::new(), ids: HashSet::new(), started: None, joined: 0 },
         deferred: VecDeque::new(),
         deferred_ids: HashMap::new(),
         busy: HashSet::new(),
         in_flight: 0,
+        wait,
+        wait_gauge,
+        max_items: lane.max_items,
     };
     let mut closed = false;
     loop {
         while d.in_flight < max_in_flight && !d.batch.ops.is_empty() {
-            let due = d.batch.ops.len() >= d.shared.cfg.bulk_max_items
+            let max_wait = d.wait.current();
+            let due = d.batch.ops.len() >= d.max_items
                 || closed
                 || d.batch.started.is_some_and(|s| s.elapsed() >= max_wait);
             if !due {
                 break;
+            }
+            if let Some(started) = d.batch.started {
+                d.wait.record(d.batch.joined, started.elapsed());
+                d.wait_gauge.set(d.wait.current().as_secs_f64());
             }
             // A caller that stopped waiting (request timeout, client gone) has answered its
             // agent "unavailable"; sending its write later would apply a message the agent
@@ -184,7 +221,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>) {
         if closed && d.held() == 0 && d.in_flight == 0 {
             break;
         }
-        let deadline = d.batch.started.map(|s| (s + max_wait).into());
+        let deadline = d.batch.started.map(|s| (s + d.wait.current()).into());
         let can_recv = !closed && d.held() < hold_max;
         tokio::select! {
             biased;
@@ -212,7 +249,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>) {
                 if deadline.is_some() && d.in_flight < max_in_flight => {}
         }
     }
-    debug!(index = %d.shared.cfg.index, "elasticsearch writer stopped");
+    debug!(index = %d.shared.cfg.index, lane = lane.name, "elasticsearch writer stopped");
 }
 
 /// Tells the dispatcher a bulk is over, also if its task panics or is cancelled.

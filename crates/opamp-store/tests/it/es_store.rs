@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use elasticsearch::indices::{IndicesDeleteParts, IndicesGetMappingParts, IndicesPutSettingsParts};
+use elasticsearch::indices::{
+    IndicesDeleteParts, IndicesGetMappingParts, IndicesPutSettingsParts, IndicesStatsParts,
+};
 use elasticsearch::{Elasticsearch, GetParts, IndexParts};
 use opamp_core::AgentStatus;
 use opamp_proto::InstanceUid;
@@ -107,6 +109,54 @@ async fn group_commit_coalesces_concurrent_puts() {
     let requests =
         stats.mget_requests + stats.get_requests - before.mget_requests - before.get_requests;
     assert!(requests * 10 <= N as u64, "{N} concurrent reads took {requests} requests");
+    t.delete().await;
+}
+
+/// State records and agent documents go in separate `_bulk` requests: a request that touches
+/// two indices costs Elasticsearch a shard-level bulk, and a translog sync, per index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_records_and_agent_documents_never_share_a_bulk() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    const N: usize = 200;
+    let records: Vec<_> = (0..N).map(|_| minimal_record(InstanceUid::new_v7())).collect();
+    let mut versions: Vec<Option<_>> = vec![None; N];
+    for _ in 0..3 {
+        let results =
+            futures::future::join_all(records.iter().zip(&versions).map(|(r, v)| {
+                t.store.put(r, v.map_or(Precondition::Absent, Precondition::Version))
+            }))
+            .await;
+        versions = results.into_iter().map(|r| Some(r.expect("put"))).collect();
+    }
+    t.store.flush().await.unwrap();
+    let stats = t.store.stats();
+    // three state records per agent, and its agent document once (new agents are published)
+    assert_eq!(stats.bulk_items, 4 * N as u64, "{stats:?}");
+    let state = t.store.config().state_index();
+    let response = t
+        .store
+        .client()
+        .indices()
+        .stats(IndicesStatsParts::IndexMetric(&[&t.name, &state], &["bulk"]))
+        .send()
+        .await
+        .expect("index stats");
+    let body: Value = response.json().await.expect("index stats json");
+    // one primary shard per index: one shard-level bulk per request that touched the index
+    let shard_bulks = |index: &str| {
+        body["indices"][index]["primaries"]["bulk"]["total_operations"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no bulk stats for {index}: {body}"))
+    };
+    let (agent_bulks, state_bulks) = (shard_bulks(&t.name), shard_bulks(&state));
+    assert!(agent_bulks > 0 && state_bulks > 0, "{agent_bulks} {state_bulks}");
+    assert_eq!(
+        agent_bulks + state_bulks,
+        stats.bulk_requests,
+        "a _bulk request touched both indices ({agent_bulks} agent + {state_bulks} state \
+         shard-level bulks for {} requests)",
+        stats.bulk_requests
+    );
     t.delete().await;
 }
 
