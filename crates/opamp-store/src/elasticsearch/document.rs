@@ -71,7 +71,17 @@ const TAGS_ATTRIBUTE: &str = "tags";
 /// `tags` from `service.name` and the `tags` attribute, the redacted effective config as an
 /// object, health as `component_health_map`, the enrollment's `policy_id`/`namespaces`.
 pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
-    let state = base64_encode(&codec::encode(record));
+    to_source_with_state(record, &encoded_state(record), now_ms)
+}
+
+/// opampd's exact state of `record` as both documents carry it: its protobuf, base64. Encoded
+/// once per write and shared by the state record and the agent document.
+pub fn encoded_state(record: &AgentRecord) -> String {
+    base64_encode(&codec::encode(record))
+}
+
+/// [`to_source`] with the record's [`encoded_state`] already at hand.
+pub fn to_source_with_state(record: &AgentRecord, state: &str, now_ms: u64) -> Vec<u8> {
     let description = record.agent_description.as_deref();
     let attr = |key: &str| description.and_then(|d| string_attribute(d, key));
     let message = record.health.as_deref().and_then(|h| {
@@ -128,7 +138,7 @@ pub fn to_source(record: &AgentRecord, now_ms: u64) -> Vec<u8> {
         updated_at: Rfc3339(now_ms),
         opampd: Opampd {
             schema_version: SCHEMA_VERSION,
-            state: &state,
+            state,
             remote_config: remote_config(record),
         },
     };
@@ -321,10 +331,13 @@ pub fn settings(refresh_interval: Option<std::time::Duration>) -> Value {
 /// `EsConfig::state_index`): opampd's exact state and nothing else, read by
 /// [`from_source`] like the `opampd` object of an agent document.
 pub fn state_source(record: &AgentRecord) -> Vec<u8> {
-    let state = base64_encode(&codec::encode(record));
-    let doc = StateDoc {
-        opampd: Opampd { schema_version: SCHEMA_VERSION, state: &state, remote_config: None },
-    };
+    state_source_with_state(&encoded_state(record))
+}
+
+/// [`state_source`] from the record's [`encoded_state`].
+pub fn state_source_with_state(state: &str) -> Vec<u8> {
+    let doc =
+        StateDoc { opampd: Opampd { schema_version: SCHEMA_VERSION, state, remote_config: None } };
     // Serializing a struct of a number and a string into a Vec cannot fail.
     serde_json::to_vec(&doc).unwrap_or_default()
 }

@@ -266,7 +266,7 @@ impl ElasticsearchStore {
     /// The `_bulk` entry of a state record (in the state index): a create for a new agent or
     /// one read from its agent document only ([`STATE_ABSENT`]), a CAS index otherwise. Built by
     /// the caller's task so serialization is spread over callers.
-    fn state_entry(&self, id: &str, record: &AgentRecord, precondition: Precondition) -> Bytes {
+    fn state_entry(&self, id: &str, state: &str, precondition: Precondition) -> Bytes {
         let index = &*self.shared.state_index;
         let action = match precondition {
             Precondition::Absent | Precondition::Version(STATE_ABSENT) => {
@@ -276,25 +276,25 @@ impl ElasticsearchStore {
                 "_index": index, "_id": id, "if_seq_no": v.seq_no, "if_primary_term": v.primary_term
             } }),
         };
-        bulk_entry(&action, &document::state_source(record))
+        bulk_entry(&action, &document::state_source_with_state(state))
     }
 
     /// The `_bulk` entry of an agent document (in the agent index): written over whatever is
     /// there, unless that is a later publication (the record's check-in time is the document's
     /// external version, so two instances publishing one agent cannot leave the older view).
-    fn agent_entry(&self, id: &str, record: &AgentRecord) -> Bytes {
+    fn agent_entry(&self, id: &str, record: &AgentRecord, state: &str) -> Bytes {
         let action = json!({ "index": {
             "_index": &self.shared.cfg.index, "_id": id,
             "version": record.last_checkin.min(i64::MAX as u64), "version_type": "external_gte"
         } });
-        bulk_entry(&action, &document::to_source(record, now_ms()))
+        bulk_entry(&action, &document::to_source_with_state(record, state, now_ms()))
     }
 
     /// Queues the agent document of `record` (after its state record was written), without
     /// waiting for it: the agent's answer does not depend on what Kibana shows. A failure is
     /// counted and marks the agent, so its next write publishes again.
-    fn publish(&self, id: Arc<str>, record: &AgentRecord) {
-        let entry = self.agent_entry(&id, record);
+    fn publish(&self, id: Arc<str>, record: &AgentRecord, state: &str) {
+        let entry = self.agent_entry(&id, record, state);
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
         let op = writer::WriteOp {
             key: format!("agent/{id}").into(),
@@ -662,7 +662,8 @@ impl AgentStore for ElasticsearchStore {
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
         let id: Arc<str> = record.instance_uid.to_string().into();
-        let entry = self.state_entry(&id, record, precondition);
+        let state = document::encoded_state(record);
+        let entry = self.state_entry(&id, &state, precondition);
         let (reply, answer) = oneshot::channel();
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
         let op = writer::WriteOp {
@@ -690,7 +691,7 @@ impl AgentStore for ElasticsearchStore {
         let created =
             matches!(precondition, Precondition::Absent | Precondition::Version(STATE_ABSENT));
         if created || record.publishes() || self.shared.take_owed(record.instance_uid) {
-            self.publish(id, record);
+            self.publish(id, record, &state);
         }
         Ok(version)
     }
