@@ -17,7 +17,10 @@ pub const DEFAULT_OFFLINE_AFTER_MS: u64 = 6 * 60 * 1000;
 /// How long at most a record's published view (see [`AgentRecord::published_at`]) may go
 /// without being published again when nothing but the check-in changed: well inside
 /// [`DEFAULT_OFFLINE_AFTER_MS`], so a reader of the view never sees a live agent go offline.
-pub const DEFAULT_PUBLISH_INTERVAL_MS: u64 = 60 * 1000;
+/// A view lags by at most this plus one heartbeat: under Kibana's 5-minute offline threshold
+/// for any heartbeat shorter than it (a heartbeat at or above the interval publishes every
+/// time).
+pub const DEFAULT_PUBLISH_INTERVAL_MS: u64 = 2 * 60 * 1000;
 
 /// Status as stored. `Offline` is never stored: it is derived at read time from `last_checkin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

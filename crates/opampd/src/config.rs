@@ -138,10 +138,10 @@ pub struct Cli {
     pub es_refresh_interval: Wait,
 
     /// How often at most an agent's document in the agent index (what Kibana reads) is
-    /// rewritten while only its check-in changes, e.g. 60s; any other change is written at
-    /// once. Kibana's `last_checkin` lags by at most this plus one heartbeat; keep it well
-    /// under the 5-6 min after which Kibana calls an agent offline. 0 rewrites it on every
-    /// message.
+    /// rewritten while only its check-in changes, e.g. 120s; any other change is written at
+    /// once. Kibana's `last_checkin` lags by at most this plus one heartbeat (a heartbeat at or
+    /// above it publishes every time); keep it well under the 5 min after which Kibana calls an
+    /// agent offline. 0 rewrites it on every message.
     #[arg(
         long,
         env = "OPAMPD_ES_CHECKIN_INTERVAL",
