@@ -1,8 +1,8 @@
 //! How long a batch of Elasticsearch operations (the writer's `_bulk`, the reader's `_mget`)
 //! waits for company before it is sent.
 //!
-//! Each request costs Elasticsearch a fixed share of CPU whatever its size (about a millisecond
-//! per `_bulk` on a 2-core node: docs/benchmarks.md), so batches should be full; but waiting
+//! Each request costs Elasticsearch a fixed share of CPU whatever its size (~0.4 ms per
+//! shard-level bulk on a 2-core node: docs/benchmarks.md), so batches should be full; but waiting
 //! only pays when other operations arrive meanwhile. [`BatchWait`] learns the rate at which
 //! operations join an open batch and waits as long as [`TARGET_BATCH_ITEMS`] take to arrive at
 //! that rate, within the configured maximum, and only [`MIN_BATCH_WAIT`] when nothing would
