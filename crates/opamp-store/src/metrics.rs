@@ -95,8 +95,9 @@ pub const ALL: &[Metric] = &[
     histogram(ES_BULK_DURATION_SECONDS, Some(Unit::Seconds), "time of one _bulk request"),
     gauge(
         ES_BULK_WAIT_SECONDS,
-        "how long a write now waits for others to share its _bulk: adapted to how fast writes \
-         join an open batch, at most --es-bulk-max-wait",
+        "how long a write now waits for others to share its _bulk, by lane (state: at most \
+         --es-bulk-max-wait; publish: agent documents, at most 250ms): adapted to how fast \
+         writes join an open batch",
     ),
     counter(ES_CONFLICTS_TOTAL, "_bulk items answered 409 (a lost compare-and-swap race)"),
     counter(ES_GET_REQUESTS_TOTAL, "single realtime GET requests sent to elasticsearch"),

@@ -35,7 +35,7 @@ pub const DEFAULT_ENROLLMENT_INDEX: &str = ".fleet-enrollment-api-keys";
 /// Group-commit and read-batching defaults, sized for a 2-core ES node.
 pub const DEFAULT_BULK_MAX_ITEMS: usize = 500;
 /// The longest a write waits for others to share its `_bulk`; how long it really waits adapts
-/// to the rate (see `writer::BulkWait`).
+/// to the rate (see `batch_wait::BatchWait`).
 pub const DEFAULT_BULK_MAX_WAIT: Duration = Duration::from_millis(50);
 pub const DEFAULT_BULKS_IN_FLIGHT: usize = 4;
 pub const DEFAULT_WRITE_QUEUE: usize = 20_000;

@@ -329,13 +329,9 @@ pub fn settings(refresh_interval: Option<std::time::Duration>) -> Value {
 
 /// The `_source` of an agent's state record (in the state index, see
 /// `EsConfig::state_index`): opampd's exact state and nothing else, read by
-/// [`from_source`] like the `opampd` object of an agent document.
-pub fn state_source(record: &AgentRecord) -> Vec<u8> {
-    state_source_with_state(&encoded_state(record))
-}
-
-/// [`state_source`] from the record's [`encoded_state`].
-pub fn state_source_with_state(state: &str) -> Vec<u8> {
+/// [`from_source`] like the `opampd` object of an agent document. `state` is the record's
+/// [`encoded_state`].
+pub fn state_source(state: &str) -> Vec<u8> {
     let doc =
         StateDoc { opampd: Opampd { schema_version: SCHEMA_VERSION, state, remote_config: None } };
     // Serializing a struct of a number and a string into a Vec cannot fail.

@@ -276,7 +276,7 @@ impl ElasticsearchStore {
                 "_index": index, "_id": id, "if_seq_no": v.seq_no, "if_primary_term": v.primary_term
             } }),
         };
-        bulk_entry(&action, &document::state_source_with_state(state))
+        bulk_entry(&action, &document::state_source(state))
     }
 
     /// The `_bulk` entry of an agent document (in the agent index): written over whatever is
