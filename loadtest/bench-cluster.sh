@@ -293,12 +293,7 @@ events {
 }
 
 http {
-    access_log off;
-    client_body_temp_path $NG/tmp/body;
-    proxy_temp_path $NG/tmp/proxy;
-    fastcgi_temp_path $NG/tmp/fastcgi;
-    uwsgi_temp_path $NG/tmp/uwsgi;
-    scgi_temp_path $NG/tmp/scgi;
+$(nginx_http_private "$NG")
 
     map \$http_opamp_instance_uid \$opamp_lb_key {
         ""      \$remote_addr:\$remote_port;

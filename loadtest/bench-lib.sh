@@ -153,6 +153,17 @@ opampd_metrics() {
   curl -fsS --max-time 5 "${2:-$ADMIN_URL}/metrics" >"$BENCH_OUT/metrics-$1.txt" 2>/dev/null || true
 }
 
+# nginx_http_private NG: the lines of an nginx `http` block that keep a private nginx (one a
+# script starts with `-p NG`) off the system's log and temp dirs; NG/tmp must exist.
+nginx_http_private() {
+  local ng=$1 kind
+  echo "    access_log off;"
+  echo "    client_body_temp_path $ng/tmp/body;"
+  for kind in proxy fastcgi uwsgi scgi; do
+    echo "    ${kind}_temp_path $ng/tmp/$kind;"
+  done
+}
+
 # show_summary FILE: the summary block of a loadtest's stdout, on stderr.
 show_summary() { sed -n '/== opampd-loadtest summary ==/,/^PASS\|^FAIL/p' "$1" >&2; }
 

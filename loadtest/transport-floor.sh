@@ -81,12 +81,7 @@ pid $NG/nginx.pid;
 error_log $NG/error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
-    client_body_temp_path $NG/tmp/body;
-    proxy_temp_path $NG/tmp/proxy;
-    fastcgi_temp_path $NG/tmp/fastcgi;
-    uwsgi_temp_path $NG/tmp/uwsgi;
-    scgi_temp_path $NG/tmp/scgi;
+$(nginx_http_private "$NG")
     server {
         listen 127.0.0.1:$NGINX_PORT backlog=4096;
         keepalive_timeout 75s;
