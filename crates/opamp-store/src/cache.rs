@@ -141,9 +141,13 @@ impl<S: AgentStore> CachedStore<S> {
     }
 }
 
-#[async_trait]
-impl<S: AgentStore> AgentStore for CachedStore<S> {
-    async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+impl<S: AgentStore> CachedStore<S> {
+    /// A hit, or the inner store's read (with the caller's hint) remembered.
+    async fn read_through(
+        &self,
+        uid: InstanceUid,
+        likely_new: bool,
+    ) -> Result<Option<Versioned>, StoreError> {
         if let Some(hit) = self.cache.get(&uid).await {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::metrics::CACHE_HITS_TOTAL).increment(1);
@@ -151,11 +155,26 @@ impl<S: AgentStore> AgentStore for CachedStore<S> {
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::CACHE_MISSES_TOTAL).increment(1);
-        let read = self.inner.get(uid).await?;
+        let read = if likely_new {
+            self.inner.get_likely_new(uid).await?
+        } else {
+            self.inner.get(uid).await?
+        };
         if let Some(fresh) = &read {
             self.remember(fresh.clone()).await;
         }
         Ok(read)
+    }
+}
+
+#[async_trait]
+impl<S: AgentStore> AgentStore for CachedStore<S> {
+    async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+        self.read_through(uid, false).await
+    }
+
+    async fn get_likely_new(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+        self.read_through(uid, true).await
     }
 
     /// Straight from the backend (another instance may have written since the entry was

@@ -27,6 +27,7 @@ const MAX_CAS_ATTEMPTS: usize = 10_000;
 /// Runs every case against `store`, one after the other.
 pub async fn run_all<S: AgentStore>(store: &S) {
     get_of_unknown_uid_is_none(store).await;
+    likely_new_reads_answer_as_plain_reads_do(store).await;
     create_then_get_returns_record_and_version(store).await;
     create_twice_conflicts(store).await;
     put_with_read_version_returns_new_version(store).await;
@@ -149,6 +150,7 @@ macro_rules! conformance_tests {
     ($fixture:expr, |$f:ident| $store:expr) => {
         $crate::conformance_tests!(@cases ($fixture, $f, $store);
             get_of_unknown_uid_is_none,
+            likely_new_reads_answer_as_plain_reads_do,
             create_then_get_returns_record_and_version,
             create_twice_conflicts,
             put_with_read_version_returns_new_version,
@@ -393,6 +395,24 @@ fn predecessor(uid: InstanceUid) -> Option<InstanceUid> {
 pub async fn get_of_unknown_uid_is_none<S: AgentStore>(store: &S) {
     let got = store.get(InstanceUid::new_v7()).await;
     assert_eq!(got, Ok(None));
+}
+
+/// `get_likely_new` is a hint about how to read, never a different answer: for an unknown
+/// agent, a new one, and one written since.
+pub async fn likely_new_reads_answer_as_plain_reads_do<S: AgentStore>(store: &S) {
+    let record = minimal_record(InstanceUid::new_v7());
+    assert_eq!(store.get_likely_new(record.instance_uid).await, Ok(None));
+    let version = create(store, &record).await;
+    let got = store.get_likely_new(record.instance_uid).await;
+    assert_eq!(got, Ok(Some(Versioned { record: record.clone(), version })));
+    let mut next = record.clone();
+    next.sequence_num += 1;
+    let version = store.put(&next, Precondition::Version(version)).await.expect("update");
+    assert_eq!(store.get_likely_new(next.instance_uid).await, store.get(next.instance_uid).await);
+    assert_eq!(
+        store.get_likely_new(next.instance_uid).await,
+        Ok(Some(Versioned { record: next, version }))
+    );
 }
 
 pub async fn create_then_get_returns_record_and_version<S: AgentStore>(store: &S) {

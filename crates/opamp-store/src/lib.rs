@@ -96,6 +96,13 @@ pub trait AgentStore: Send + Sync + std::fmt::Debug + 'static {
         self.get(uid).await
     }
 
+    /// [`get`](Self::get) for a message that suggests a new agent: a full status report, as
+    /// every agent's first message is. The answer is `get`'s; the hint only lets a backend that
+    /// finds an agent in one of two places ask both at once instead of one after the other.
+    async fn get_likely_new(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+        self.get(uid).await
+    }
+
     /// Writes `record` if `precondition` holds; returns the new version.
     async fn put(
         &self,

@@ -120,7 +120,14 @@ impl OpampService {
         let configs = self.configs.snapshot();
         let permit = |c: &opamp_core::remote_config::RemoteConfig| self.configs.permit(c);
         for attempt in 1..=MAX_CAS_ATTEMPTS {
-            let stored = self.store.get(uid).await.map_err(|e| store_failure(uid, "get", e))?;
+            // a full status report is how every agent starts: the store may look for a new
+            // agent's two documents at once
+            let read = if msg.agent_description.is_some() {
+                self.store.get_likely_new(uid).await
+            } else {
+                self.store.get(uid).await
+            };
+            let stored = read.map_err(|e| store_failure(uid, "get", e))?;
             let (stored, precondition) = match stored {
                 Some(v) => (Some(v.record), Precondition::Version(v.version)),
                 None => (None, Precondition::Absent),

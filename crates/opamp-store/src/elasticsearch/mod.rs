@@ -263,6 +263,26 @@ impl ElasticsearchStore {
         &self.shared.client
     }
 
+    /// Queues a read of `uid` for the read batcher (`likely_new`: see `reader`).
+    async fn read(
+        &self,
+        uid: InstanceUid,
+        likely_new: bool,
+    ) -> Result<Option<Versioned>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        match self.reads.try_send(reader::ReadOp { uid, likely_new, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.stats.record_shed("get");
+                return Err(StoreError::Overloaded);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(StoreError::Unavailable("store is shut down".into()));
+            }
+        }
+        await_answer(answer, self.shared.cfg.request_timeout + self.shared.cfg.mget_max_wait).await
+    }
+
     /// The `_bulk` entry of a state record (in the state index): a create for a new agent or
     /// one read from its agent document only ([`STATE_ABSENT`]), a CAS index otherwise. Built by
     /// the caller's task so serialization is spread over callers.
@@ -642,18 +662,12 @@ fn primaries_active(index: &str, status: u16, body: &str) -> Result<(), StoreErr
 #[async_trait]
 impl AgentStore for ElasticsearchStore {
     async fn get(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        match self.reads.try_send(reader::ReadOp { uid, reply }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.stats.record_shed("get");
-                return Err(StoreError::Overloaded);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(StoreError::Unavailable("store is shut down".into()));
-            }
-        }
-        await_answer(answer, self.shared.cfg.request_timeout + self.shared.cfg.mget_max_wait).await
+        self.read(uid, false).await
+    }
+
+    /// The agent document is asked in the same `_mget` as the state record (see `reader`).
+    async fn get_likely_new(&self, uid: InstanceUid) -> Result<Option<Versioned>, StoreError> {
+        self.read(uid, true).await
     }
 
     async fn put(

@@ -3,9 +3,11 @@
 //! for company as [`BatchWait`] says, up to `mget_max_wait`: only while reads are arriving.
 //!
 //! Reads are by `_id` only, realtime, so a read sees every acknowledged write without a refresh.
-//! Never a `_search` here. An agent is read from its state record; only an agent that has none
-//! (new, or written by an older opampd or by fleet-server) costs a second read, of its agent
-//! document.
+//! Never a `_search` here. An agent is read from its state record; an agent that has none (new,
+//! or written by an older opampd or by fleet-server) also needs its agent document. That is a
+//! second read after the first, except for a read marked `likely_new` (the agent's message is a
+//! full status report, as every first message is): its agent document is asked in the same
+//! `_mget` as the state records, so a new agent costs one round trip, not two.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +28,23 @@ pub(super) type ReadResult = Result<Option<Versioned>, StoreError>;
 
 pub(super) struct ReadOp {
     pub uid: InstanceUid,
+    /// Ask the agent document along with the state record (see the module docs).
+    pub likely_new: bool,
     pub reply: oneshot::Sender<ReadResult>,
+}
+
+/// The callers waiting for one uid in a batch.
+#[derive(Default)]
+struct Waiting {
+    replies: Vec<oneshot::Sender<ReadResult>>,
+    likely_new: bool,
+}
+
+impl Waiting {
+    fn add(&mut self, op: ReadOp) {
+        self.likely_new |= op.likely_new;
+        self.replies.push(op.reply);
+    }
 }
 
 /// Runs until every sender is dropped; requests already sent finish in their own tasks.
@@ -39,8 +57,8 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadOp>) {
         let deadline = opened + wait.current();
         // Waiting for a slot first lets the batch grow while ES is busy.
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        let mut batch: HashMap<InstanceUid, Vec<oneshot::Sender<ReadResult>>> = HashMap::new();
-        batch.entry(first.uid).or_default().push(first.reply);
+        let mut batch: HashMap<InstanceUid, Waiting> = HashMap::new();
+        batch.entry(first.uid).or_default().add(first);
         let mut joined = 0;
         while batch.len() < max_items {
             let next = match rx.try_recv() {
@@ -52,16 +70,17 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadOp>) {
             };
             let Some(op) = next else { break };
             joined += 1;
-            batch.entry(op.uid).or_default().push(op.reply);
+            batch.entry(op.uid).or_default().add(op);
         }
         wait.record(joined, opened.elapsed());
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let uids: Vec<InstanceUid> = batch.keys().copied().collect();
-            let results = fetch(&shared, &uids).await;
+            let likely_new: Vec<bool> = uids.iter().map(|uid| batch[uid].likely_new).collect();
+            let results = fetch(&shared, &uids, &likely_new).await;
             for (uid, result) in uids.iter().zip(results) {
-                for reply in batch.remove(uid).unwrap_or_default() {
+                for reply in batch.remove(uid).unwrap_or_default().replies {
                     let _ = reply.send(result.clone());
                 }
             }
@@ -70,22 +89,40 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadOp>) {
     debug!(index = %shared.cfg.index, "elasticsearch reader stopped");
 }
 
-/// One result per uid, in order; a whole-request failure is every uid's failure.
-async fn fetch(shared: &Shared, uids: &[InstanceUid]) -> Vec<ReadResult> {
+/// An agent document read in place of a missing state record: the record it holds, at the
+/// version that makes the first write create the state record.
+fn from_agent_document(found: ReadResult) -> ReadResult {
+    found.map(|doc| doc.map(|v| Versioned { record: v.record, version: STATE_ABSENT }))
+}
+
+/// One result per uid, in order; a whole-request failure is every uid's failure. `likely_new`
+/// (one flag per uid) asks those uids' agent documents in the first request.
+async fn fetch(shared: &Shared, uids: &[InstanceUid], likely_new: &[bool]) -> Vec<ReadResult> {
     let outcome = tokio::time::timeout(shared.cfg.request_timeout, async {
         // A read racing the first write's index creation would hit a shard that is not
         // allocated yet (503 for the agent); waiting for the setup answers it properly.
         shared.ensure_index_once().await?;
-        let mut results = read(shared, &shared.state_index, uids).await?;
-        let missing: Vec<usize> = (0..uids.len()).filter(|&i| results[i] == Ok(None)).collect();
+        let both: Vec<usize> = (0..uids.len()).filter(|&i| likely_new[i]).collect();
+        let mut docs: Vec<(&str, InstanceUid)> =
+            uids.iter().map(|&uid| (&*shared.state_index, uid)).collect();
+        docs.extend(both.iter().map(|&i| (&*shared.cfg.index, uids[i])));
+        let mut results = read(shared, &docs).await?;
+        let agent_documents = results.split_off(uids.len());
+        for (&i, found) in both.iter().zip(agent_documents) {
+            if results[i] == Ok(None) {
+                results[i] = from_agent_document(found);
+            }
+        }
+        let missing: Vec<usize> =
+            (0..uids.len()).filter(|&i| !likely_new[i] && results[i] == Ok(None)).collect();
         if !missing.is_empty() {
             // no state record: the agent document an older opampd or fleet-server wrote, if
             // any; the first write creates the state record from it
-            let ids: Vec<InstanceUid> = missing.iter().map(|&i| uids[i]).collect();
-            let older = read(shared, &shared.cfg.index, &ids).await?;
+            let docs: Vec<(&str, InstanceUid)> =
+                missing.iter().map(|&i| (&*shared.cfg.index, uids[i])).collect();
+            let older = read(shared, &docs).await?;
             for (i, found) in missing.into_iter().zip(older) {
-                results[i] = found
-                    .map(|doc| doc.map(|v| Versioned { record: v.record, version: STATE_ABSENT }));
+                results[i] = from_agent_document(found);
             }
         }
         Ok(results)
@@ -98,19 +135,19 @@ async fn fetch(shared: &Shared, uids: &[InstanceUid]) -> Vec<ReadResult> {
     }
 }
 
-/// One realtime read of `uids` from `index`: a `GET` for one, an `_mget` for more.
+/// One realtime read of `docs` (index and uid each, one result each, in order): a `GET` for
+/// one, an `_mget` for more.
 async fn read(
     shared: &Shared,
-    index: &str,
-    uids: &[InstanceUid],
+    docs: &[(&str, InstanceUid)],
 ) -> Result<Vec<ReadResult>, StoreError> {
     let started = Instant::now();
-    let results = if let [uid] = uids {
+    let results = if let [(index, uid)] = docs {
         get_one(shared, index, *uid).await.map(|r| vec![r])
     } else {
-        get_many(shared, index, uids).await
+        get_many(shared, docs).await
     };
-    shared.stats.record_read(uids.len(), started.elapsed());
+    shared.stats.record_read(docs.len(), started.elapsed());
     results
 }
 
@@ -136,30 +173,33 @@ async fn get_one(shared: &Shared, index: &str, uid: InstanceUid) -> Result<ReadR
 
 async fn get_many(
     shared: &Shared,
-    index: &str,
-    uids: &[InstanceUid],
+    docs: &[(&str, InstanceUid)],
 ) -> Result<Vec<ReadResult>, StoreError> {
-    let ids: Vec<String> = uids.iter().map(ToString::to_string).collect();
+    let asked: Vec<Value> = docs
+        .iter()
+        .map(|(index, uid)| json!({ "_index": index, "_id": uid.to_string() }))
+        .collect();
     let response = shared
         .client
-        .mget(MgetParts::Index(index))
+        .mget(MgetParts::None)
         .realtime(true)
         ._source_includes(READ_SOURCE_FIELDS)
         .request_timeout(shared.cfg.request_timeout)
-        .body(json!({ "ids": ids }))
+        .body(json!({ "docs": asked }))
         .send()
         .await
         .map_err(transport_error)?;
     let body = json_body(response, "mget").await?;
-    let docs = body.get("docs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    if docs.len() != uids.len() {
+    let answered =
+        body.get("docs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if answered.len() != docs.len() {
         return Err(StoreError::Backend(format!(
-            "mget answered {} docs for {} ids",
-            docs.len(),
-            uids.len()
+            "mget answered {} docs for {} asked",
+            answered.len(),
+            docs.len()
         )));
     }
-    Ok(docs.iter().zip(uids).map(|(doc, uid)| parse_doc(doc, *uid)).collect())
+    Ok(answered.iter().zip(docs).map(|(doc, (_, uid))| parse_doc(doc, *uid)).collect())
 }
 
 /// A GET response or one `_mget` doc: found -> record and version, not found -> `None`.

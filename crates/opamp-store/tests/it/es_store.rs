@@ -381,6 +381,60 @@ async fn a_document_of_another_schema_version_reads_as_corrupt() {
     t.delete().await;
 }
 
+/// A read marked likely new asks the state record and the agent document in one request; a
+/// plain read of an agent with no state record takes two. Both answer the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_likely_new_read_asks_both_documents_in_one_request() {
+    let Some(t) = TestIndex::new(|_| {}).await else { return };
+    let requests = |before: &opamp_store::elasticsearch::EsStats| {
+        let now = t.store.stats();
+        now.mget_requests + now.get_requests - before.mget_requests - before.get_requests
+    };
+    // an unknown agent: one request instead of two
+    let unknown = InstanceUid::new_v7();
+    let before = t.store.stats();
+    assert_eq!(t.store.get_likely_new(unknown).await, Ok(None));
+    assert_eq!(requests(&before), 1);
+    let before = t.store.stats();
+    assert_eq!(t.store.get(unknown).await, Ok(None));
+    assert_eq!(requests(&before), 2, "a plain read looks for the agent document afterwards");
+
+    // an agent fleet-server wrote (an agent document, no state record) is found in that one
+    // request, adopted as by a plain read
+    let foreign = InstanceUid::new_v7();
+    let response = t
+        .store
+        .client()
+        .index(IndexParts::IndexId(&t.name, &foreign.to_string()))
+        .body(json!({ "type": "OPAMP", "agent": { "id": foreign.to_string() }, "sequence_num": 7 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status_code().is_success());
+    let before = t.store.stats();
+    let adopted = t.store.get_likely_new(foreign).await.expect("read").expect("found");
+    assert_eq!(requests(&before), 1);
+    assert!(adopted.record.adopted && adopted.record.sequence_num == 7, "{adopted:?}");
+    assert_eq!(Ok(Some(adopted)), t.store.get(foreign).await);
+
+    // an agent with a state record: the state record's version, not the agent document's
+    let record = minimal_record(InstanceUid::new_v7());
+    let version = t.store.put(&record, Precondition::Absent).await.unwrap();
+    t.store.flush().await.unwrap();
+    let got = t.store.get_likely_new(record.instance_uid).await;
+    assert_eq!(got, Ok(Some(opamp_store::Versioned { record: record.clone(), version })));
+
+    // concurrent likely-new reads share requests like plain ones
+    const N: usize = 200;
+    let uids: Vec<InstanceUid> = (0..N).map(|_| InstanceUid::new_v7()).collect();
+    let before = t.store.stats();
+    let reads = futures::future::join_all(uids.iter().map(|u| t.store.get_likely_new(*u))).await;
+    assert!(reads.iter().all(|r| *r == Ok(None)), "{reads:?}");
+    let took = requests(&before);
+    assert!(took * 10 <= N as u64, "{N} concurrent likely-new reads took {took} requests");
+    t.delete().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_write_queue_sheds_load_immediately() {
     // A cluster that never answers keeps the queue full.
