@@ -335,17 +335,7 @@ $UPSTREAMS
     }
 }
 CFG
-mkdir -p "$NG/tmp"
-: >"$NG/error.log"
-nginx -t -q -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" >"$NG/config-test.log" 2>&1 \
-  || { log "nginx rejects $NG/nginx.conf:"; cat "$NG/config-test.log" >&2; exit 1; }
-"${PIN[@]}" nginx -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" >"$NG/stdout.log" 2>&1 &
-NGINX_PID=$!
-for _ in $(seq 1 40); do
-  kill -0 "$NGINX_PID" 2>/dev/null || { log "nginx exited:"; tail -n 10 "$NG/error.log" >&2; exit 1; }
-  curl -s --max-time 1 -o /dev/null "http://127.0.0.1:$CLUSTER_LB_PORT/readyz" && break
-  sleep 0.25
-done
+start_private_nginx "$NG" "http://127.0.0.1:$CLUSTER_LB_PORT/readyz"
 sleep 0.5
 NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | wc -l)
 log "nginx (pid $NGINX_PID, $NGINX_WORKERS worker(s), worker_processes $CLUSTER_LB_WORKERS) on $LB_URL"

@@ -164,6 +164,26 @@ nginx_http_private() {
   done
 }
 
+# start_private_nginx NG READY_URL: checks and starts the nginx configured in NG/nginx.conf
+# (`daemon off`, its files under NG; pinned like the rest when PIN is set) and waits (<= 10 s)
+# until READY_URL answers; sets NGINX_PID. The caller stops it (stop_pid).
+NGINX_PID=
+start_private_nginx() {
+  local ng=$1 ready=$2
+  mkdir -p "$ng/tmp"
+  : >"$ng/error.log"
+  nginx -t -q -p "$ng" -c "$ng/nginx.conf" -e "$ng/error.log" >"$ng/config-test.log" 2>&1 \
+    || { log "nginx rejects $ng/nginx.conf:"; cat "$ng/config-test.log" >&2; exit 1; }
+  "${PIN[@]}" nginx -p "$ng" -c "$ng/nginx.conf" -e "$ng/error.log" >"$ng/stdout.log" 2>&1 &
+  NGINX_PID=$!
+  for _ in $(seq 1 40); do
+    kill -0 "$NGINX_PID" 2>/dev/null || { log "nginx exited:"; tail -n 10 "$ng/error.log" >&2; exit 1; }
+    curl -s --max-time 1 -o /dev/null "$ready" && return 0
+    sleep 0.25
+  done
+  log "nginx did not answer $ready in 10 s"; exit 1
+}
+
 # show_summary FILE: the summary block of a loadtest's stdout, on stderr.
 show_summary() { sed -n '/== opampd-loadtest summary ==/,/^PASS\|^FAIL/p' "$1" >&2; }
 

@@ -38,7 +38,6 @@ FLOOR_CONNECTIONS=${FLOOR_CONNECTIONS:-300}
 FLOOR_MAX_SECS=${FLOOR_MAX_SECS:-900}
 require_tools nginx python3 jq curl
 
-NGINX_PID=
 cleanup() {
   stop_watchdog
   stop_opampd
@@ -71,7 +70,7 @@ probe() {
 
 # ---- nginx: return 200 ----
 NG=$BENCH_OUT/nginx
-mkdir -p "$NG/tmp"
+mkdir -p "$NG"
 cat >"$NG/nginx.conf" <<CFG
 # written by loadtest/transport-floor.sh
 daemon off;
@@ -90,13 +89,7 @@ $(nginx_http_private "$NG")
     }
 }
 CFG
-nginx -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" >"$NG/stdout.log" 2>&1 &
-NGINX_PID=$!
-for _ in $(seq 1 40); do
-  kill -0 "$NGINX_PID" 2>/dev/null || { log "nginx exited:"; tail -n 10 "$NG/error.log" >&2; exit 1; }
-  curl -s --max-time 1 -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && break
-  sleep 0.25
-done
+start_private_nginx "$NG" "http://127.0.0.1:$NGINX_PORT/"
 NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -n 1)
 [ -n "$NGINX_WORKER" ] || { log "no nginx worker"; exit 1; }
 probe nginx "$NGINX_PORT" "$NGINX_WORKER" --path /
